@@ -1,0 +1,196 @@
+"""Consumes jobs from the host queue: decode, validate, dispatch, reply, then ack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
+
+from vnetd.amqp import failpoints
+from vnetd.amqp.dedupe import ReplyCache
+from vnetd.amqp.outcome import Action, Outcome, failure, success
+from vnetd.contract.commands import Command, parse_request
+from vnetd.contract.errors import InvalidArgument, VnetdError
+
+log = structlog.get_logger("vnetd.jobs")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What observers (events, metrics) learn about each finished job."""
+
+    op: str
+    message_id: str | None
+    correlation_id: str | None
+    ok: bool
+    error_code: str | None
+    duration: float
+    subject: str | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    duplicate: bool = False
+
+
+class JobObserver(Protocol):
+    def job_finished(self, record: JobRecord) -> None: ...
+
+
+Execute = Callable[[Command], Awaitable[dict[str, Any]]]
+
+
+class JobConsumer:
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, execute: Execute,
+                 cache: ReplyCache, host_id: str,
+                 observers: list[JobObserver] | None = None) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.execute = execute
+        self.cache = cache
+        self.host_id = host_id
+        self.observers = observers or []
+        self._tag: ConsumerTag | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self.stopping = False
+
+    async def start(self) -> None:
+        self._tag = await self.queue.consume(self._on_message, no_ack=False)
+
+    async def stop(self) -> None:
+        """Stop taking new jobs; those in flight go on."""
+        self.stopping = True
+        if self._tag is not None:
+            try:
+                await self.queue.cancel(self._tag)
+            except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+                log.warning("consumer_cancel_failed", error=str(exc))
+            self._tag = None
+
+    async def drain(self, timeout: float) -> int:
+        """Wait for jobs in flight; returns how many were left (to be redelivered)."""
+        pending = {t for t in self._inflight if not t.done()}
+        if not pending:
+            return 0
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        return len(still)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await self._handle(message)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
+        message_id = message.message_id
+        cached = self.cache.get(message_id) if message_id else None
+        if cached is None and message_id and (running := self.cache.running(message_id)):
+            try:
+                cached = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                cached = None  # the first delivery did not finish: run this one
+        if cached is not None:
+            await self._reply(message, cached)
+            await message.ack()
+            self._observe(message, "duplicate", None, None, started, duplicate=True)
+            return
+
+        op, cmd, outcome = "?", None, None
+        if message_id:
+            self.cache.start(message_id)
+        try:
+            cmd, outcome = self._decode(message)
+            if cmd is not None:
+                op = cmd.op
+                try:
+                    outcome = success(await self.execute(cmd))
+                except VnetdError as exc:
+                    outcome = failure(exc)
+            assert outcome is not None
+            failpoints.hit("after_effect", op)
+            await self._reply(message, outcome.reply)
+            failpoints.hit("before_ack", op)
+            await self._settle(message, outcome)
+        finally:
+            if message_id:
+                self.cache.finish(message_id, outcome.reply if outcome else None)
+        self._observe(message, op, cmd, outcome, started)
+
+    def _decode(self, message: AbstractIncomingMessage) -> tuple[Command | None, Outcome | None]:
+        if len(message.body) > MAX_BODY_BYTES:
+            return None, failure(InvalidArgument(
+                f"request body is {len(message.body)} bytes; the limit is {MAX_BODY_BYTES}"),
+                malformed=True)
+        try:
+            body = orjson.loads(message.body)
+        except orjson.JSONDecodeError as exc:
+            return None, failure(InvalidArgument(f"request body is not valid JSON: {exc}"),
+                                 malformed=True)
+        if not isinstance(body, dict):
+            return None, failure(InvalidArgument(
+                f"request body must be a JSON object, got {type(body).__name__}"), malformed=True)
+        try:
+            return parse_request(body), None
+        except InvalidArgument as exc:
+            return None, failure(exc)
+
+    async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
+        if not message.reply_to:
+            return
+        reply = aio_pika.Message(
+            body,
+            content_type="application/json",
+            correlation_id=message.correlation_id,
+            headers={"host_id": self.host_id},
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        )
+        # Confirmed before the job is acked; not mandatory: a caller that has
+        # gone away must not hold the job.
+        await self.channel.default_exchange.publish(
+            reply, routing_key=message.reply_to, mandatory=False)
+
+    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+        if outcome.action is Action.ACK:
+            await message.ack()
+        else:
+            await message.reject(requeue=False)
+
+    def _observe(self, message: AbstractIncomingMessage, op: str, cmd: Command | None,
+                 outcome: Outcome | None, started: float, *, duplicate: bool = False) -> None:
+        record = JobRecord(
+            op=op,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            ok=outcome.ok if outcome else True,
+            error_code=outcome.error_code if outcome else None,
+            duration=time.perf_counter() - started,
+            subject=getattr(cmd, "name", None),
+            result=outcome.result if outcome else None,
+            error=outcome.error if outcome else None,
+            duplicate=duplicate,
+        )
+        log.info("job", op=op, ok=record.ok, error=record.error_code,
+                 duration_ms=round(record.duration * 1000, 3), message_id=record.message_id,
+                 correlation_id=record.correlation_id, interface=record.subject,
+                 redelivered=message.redelivered, duplicate=duplicate)
+        for observer in self.observers:
+            try:
+                observer.job_finished(record)
+            except Exception:
+                log.exception("job_observer_failed", observer=type(observer).__name__)

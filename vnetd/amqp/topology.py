@@ -1,0 +1,49 @@
+"""Exchanges, queues and bindings of contract v1, declared idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+COMMANDS_EXCHANGE = "vnetd.commands"
+DEAD_EXCHANGE = "vnetd.dead"
+DEAD_QUEUE = "vnetd.dead"
+BROADCAST_KEY = "hosts.all"
+
+
+def host_queue_name(host_id: str) -> str:
+    return f"vnetd.host.{host_id}"
+
+
+def host_routing_key(host_id: str) -> str:
+    return f"host.{host_id}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    commands: AbstractExchange
+    queue: AbstractQueue
+
+
+async def declare(channel: AbstractChannel, host_id: str, delivery_limit: int) -> Topology:
+    """Declare everything a daemon needs; safe to run on every start and reconnect."""
+    commands = await channel.declare_exchange(
+        COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    dead_queue = await channel.declare_queue(
+        DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    await dead_queue.bind(dead, routing_key="#")
+    queue = await channel.declare_queue(
+        host_queue_name(host_id),
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": delivery_limit,
+            "x-dead-letter-exchange": DEAD_EXCHANGE,
+        },
+    )
+    await queue.bind(commands, routing_key=host_routing_key(host_id))
+    await queue.bind(commands, routing_key=BROADCAST_KEY)
+    return Topology(commands=commands, queue=queue)

@@ -1,0 +1,1 @@
+"""Command-line entry points: `vnetd` (the daemon and admin commands) and `vnetctl`."""

@@ -1,0 +1,22 @@
+"""What every handler is given: the backends, the policy and the host's facts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vnetd.handlers.policy import Policy
+from vnetd.net.backend import NetBackend
+
+
+@dataclass
+class Context:
+    host_id: str
+    net: NetBackend
+    policy: Policy
+    version: str
+    components: Callable[[], dict[str, str]] = field(default=lambda: {})
+    """Connection state of the daemon's dependencies (broker, libvirt), for host.health."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Services that later layers add (libvirt backend, event sequence, leases)."""

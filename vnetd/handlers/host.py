@@ -1,0 +1,31 @@
+"""host.snapshot / host.health: what the daemon sees, and whether it can work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vnetd.contract.commands import HostHealth, HostSnapshot
+from vnetd.handlers.context import Context
+from vnetd.handlers.views import views_of
+
+
+async def snapshot(cmd: HostSnapshot, ctx: Context) -> dict[str, Any]:
+    links = await ctx.net.list_links()
+    result: dict[str, Any] = {"host_id": ctx.host_id, "links": views_of(links)}
+    for provider in ctx.extras.get("snapshot_providers", []):
+        result.update(await provider())
+    return result
+
+
+async def health(cmd: HostHealth, ctx: Context) -> dict[str, Any]:
+    features = await ctx.net.features()
+    components = ctx.components()
+    kernel_ok = bool(features.get("bridge")) and bool(features.get("tun_device"))
+    degraded = not kernel_ok or any(v not in ("connected", "disabled") for v in components.values())
+    return {
+        "host_id": ctx.host_id,
+        "version": ctx.version,
+        "status": "degraded" if degraded else "healthy",
+        "kernel": features,
+        "components": components,
+    }

@@ -1,0 +1,30 @@
+"""The explicit map from command model to handler, built in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vnetd.contract import commands as c
+from vnetd.handlers import bridge, host, link, port, tap
+from vnetd.handlers.context import Context
+
+Handler = Callable[[Any, Context], Awaitable[dict[str, Any]]]
+Registry = dict[type[c.Command], Handler]
+
+
+def build_registry() -> Registry:
+    """Every op vnetd serves. `batch` is not here: the dispatcher runs it."""
+    return {
+        c.BridgeEnsure: bridge.ensure,
+        c.BridgeDelete: bridge.delete,
+        c.BridgeList: bridge.list_,
+        c.TapEnsure: tap.ensure,
+        c.TapDelete: tap.delete,
+        c.PortAttach: port.attach,
+        c.PortDetach: port.detach,
+        c.LinkSet: link.set_,
+        c.LinkList: link.list_,
+        c.HostSnapshot: host.snapshot,
+        c.HostHealth: host.health,
+    }

@@ -1,0 +1,86 @@
+"""tap.ensure / tap.delete: `ip tuntap add dev X mode tap` (+ `brctl addif`), `ip tuntap del`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vnetd.contract.commands import TapDelete, TapEnsure
+from vnetd.contract.errors import Conflict
+from vnetd.handlers.context import Context
+from vnetd.handlers.policy import require_kind, require_link
+from vnetd.handlers.views import link_view
+from vnetd.net.model import OWNER_ALIAS, Link, LinkChange, TapSpec
+
+
+def _spec(cmd: TapEnsure) -> TapSpec:
+    return TapSpec(name=cmd.name, owner_uid=cmd.owner_uid, group_gid=cmd.group_gid,
+                   multi_queue=cmd.multi_queue, vnet_hdr=cmd.vnet_hdr)
+
+
+def _check_fixed_flags(cmd: TapEnsure, link: Link) -> None:
+    """Queue mode and vnet_hdr are fixed at creation; differing ones need a new TAP."""
+    tun = link.tun
+    if tun is None:
+        return
+    for field, wanted, have in (("multi_queue", cmd.multi_queue, tun.multi_queue),
+                                ("vnet_hdr", cmd.vnet_hdr, tun.vnet_hdr)):
+        if wanted != have:
+            raise Conflict(f"tap {cmd.name} exists with {field}={have}; delete it to change that",
+                           name=cmd.name, field=field, current=have, wanted=wanted)
+
+
+async def _target_bridge(cmd: TapEnsure, ctx: Context) -> Link | None:
+    if cmd.bridge is None:
+        return None
+    bridge = require_link(await ctx.net.get_link(cmd.bridge), cmd.bridge, "bridge")
+    require_kind(bridge, "bridge")
+    ctx.policy.require_owned(bridge, "attach ports to")
+    return bridge
+
+
+async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
+    ctx.policy.check_protected(cmd.name, "create or change")
+    bridge = await _target_bridge(cmd, ctx)  # checked before any side effect
+    link = await ctx.net.get_link(cmd.name)
+    created = False
+    if link is None:
+        await ctx.net.add_tap(_spec(cmd))
+        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "tap")
+        # Mark it ours at once, so a retry after any later failure converges.
+        await ctx.net.set_link(link.index, LinkChange(alias=OWNER_ALIAS))
+        if not cmd.ipv6:
+            # Before it is up: no IPv6 link-local address ever appears (OSSN-0069).
+            await ctx.net.disable_ipv6(cmd.name)
+        created = True
+    else:
+        require_kind(link, "tap")
+        ctx.policy.require_owned(link, "change")
+        _check_fixed_flags(cmd, link)
+        tun = link.tun
+        if tun is not None and (tun.owner_uid != cmd.owner_uid or tun.group_gid != cmd.group_gid):
+            await ctx.net.set_tap_owner(_spec(cmd))
+    change = LinkChange(
+        mtu=cmd.mtu if cmd.mtu is not None and cmd.mtu != link.mtu else None,
+        mac=cmd.mac if cmd.mac is not None and cmd.mac != link.mac else None,
+        master=bridge.index if bridge is not None and link.master != bridge.index else None,
+        up=cmd.up if cmd.up != link.up else None,
+    )
+    changed = created or not change.is_empty()
+    if not change.is_empty():
+        await ctx.net.set_link(link.index, change)
+        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "tap")
+    master = bridge.name if bridge is not None and link.master == bridge.index else None
+    if link.master is not None and master is None:
+        found = await ctx.net.get_link_by_index(link.master)
+        master = found.name if found else None
+    return {**link_view(link, master), "created": created, "changed": changed}
+
+
+async def delete(cmd: TapDelete, ctx: Context) -> dict[str, Any]:
+    link = await ctx.net.get_link(cmd.name)
+    if link is None:
+        return {"name": cmd.name, "deleted": False}
+    require_kind(link, "tap")
+    ctx.policy.require_owned(link, "delete")
+    await ctx.net.delete_link(link.index)
+    return {"name": cmd.name, "deleted": True}

@@ -1,0 +1,51 @@
+"""The typed interface handlers use to change the kernel's links.
+
+Implementations: `netlink.NetlinkBackend` (the real kernel, through pyroute2)
+and the fakes in the unit tests. Errors are raised as contract errors
+(`vnetd.contract.errors`) so handlers never see errno values.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from vnetd.net.model import BridgeOptions, Link, LinkChange, TapSpec
+
+
+class NetBackend(Protocol):
+    async def get_link(self, name: str) -> Link | None:
+        """The link called `name`, or None when there is none."""
+
+    async def get_link_by_index(self, index: int) -> Link | None:
+        """The link with this index, or None when there is none."""
+
+    async def list_links(self) -> list[Link]:
+        """Every link in the namespace (a consistent dump, retried when interrupted)."""
+
+    async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
+                         options: BridgeOptions) -> None:
+        """Create a bridge (down, unmarked); raises Conflict if the name is taken."""
+
+    async def add_tap(self, spec: TapSpec) -> None:
+        """Create a persistent TAP device (down, unmarked)."""
+
+    async def set_tap_owner(self, spec: TapSpec) -> None:
+        """Change owner/group of an existing persistent TAP no process holds."""
+
+    async def set_link(self, index: int, change: LinkChange) -> None:
+        """Apply every non-None field of `change` in one request."""
+
+    async def delete_link(self, index: int) -> None:
+        """Delete the link; raises NotFound when it is already gone."""
+
+    async def disable_ipv6(self, name: str) -> None:
+        """Stop the kernel from giving the link an IPv6 (link-local) address."""
+
+    async def default_route_interfaces(self) -> set[str]:
+        """Names of the links that carry a default route (IPv4 or IPv6)."""
+
+    async def features(self) -> dict[str, bool | str]:
+        """Kernel feature checks: bridge and tun support, /dev/net/tun usable."""
+
+    async def close(self) -> None:
+        """Release sockets and threads."""

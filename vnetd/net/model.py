@@ -1,0 +1,106 @@
+"""Plain data describing links as the kernel reports them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+OWNER_PREFIX = "vnetd:"
+"""Devices whose interface alias starts with this were created by vnetd.
+
+The marker lives in the kernel itself, so ownership survives a daemon restart
+without any database, and `ip link` shows it to operators.
+"""
+
+OWNER_ALIAS = OWNER_PREFIX + "v1"
+
+
+def is_owned_alias(alias: str | None) -> bool:
+    return alias is not None and alias.startswith(OWNER_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    stp: bool
+    forward_delay: float
+    """Seconds (the kernel keeps centiseconds)."""
+    ageing_time: float
+    """Seconds (the kernel keeps centiseconds)."""
+    vlan_filtering: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TunSettings:
+    mode: str
+    """"tap" or "tun"."""
+    owner_uid: int | None
+    group_gid: int | None
+    multi_queue: bool
+    vnet_hdr: bool
+    persistent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    index: int
+    name: str
+    kind: str
+    """"bridge", "tap", "tun", "veth", "vxlan", ... or "device" for kind-less links."""
+    mtu: int
+    mac: str | None
+    up: bool
+    """Administrative state (IFF_UP)."""
+    oper_state: str
+    """Operational state as the kernel names it: "up", "down", "unknown", ..."""
+    carrier: bool
+    master: int | None
+    alias: str | None
+    bridge: BridgeSettings | None = None
+    tun: TunSettings | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def owned(self) -> bool:
+        return is_owned_alias(self.alias)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeOptions:
+    """Bridge attributes to set; None means leave as is (or kernel default)."""
+
+    stp: bool | None = None
+    forward_delay: float | None = None
+    ageing_time: float | None = None
+    vlan_filtering: bool | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in (self.stp, self.forward_delay, self.ageing_time,
+                                       self.vlan_filtering))
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChange:
+    """One RTM_NEWLINK (set) request: every field None is left unchanged."""
+
+    alias: str | None = None
+    mtu: int | None = None
+    mac: str | None = None
+    up: bool | None = None
+    master: int | None = None
+    """Index of the new master; 0 detaches from the current one."""
+    bridge: BridgeOptions | None = None
+
+    def is_empty(self) -> bool:
+        return (
+            self.alias is None and self.mtu is None and self.mac is None and self.up is None
+            and self.master is None and (self.bridge is None or self.bridge.is_empty())
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TapSpec:
+    name: str
+    owner_uid: int | None = None
+    group_gid: int | None = None
+    multi_queue: bool = False
+    vnet_hdr: bool = False

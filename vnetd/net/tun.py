@@ -1,0 +1,80 @@
+"""TAP creation through /dev/net/tun, which rtnetlink cannot do.
+
+These functions block (they take the kernel's RTNL lock) and must run on the
+namespace worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+from vnetd.net.model import TapSpec
+
+TUN_DEVICE = "/dev/net/tun"
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_MULTI_QUEUE = 0x0100
+IFF_TUN_EXCL = 0x8000
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOWNER = 0x400454CC
+TUNSETGROUP = 0x400454CE
+
+
+def _ifreq(spec: TapSpec, exclusive: bool) -> bytes:
+    flags = IFF_TAP | IFF_NO_PI | (IFF_TUN_EXCL if exclusive else 0)
+    if spec.vnet_hdr:
+        flags |= IFF_VNET_HDR
+    if spec.multi_queue:
+        flags |= IFF_MULTI_QUEUE
+    return struct.pack("16sH22x", spec.name.encode(), flags)
+
+
+def _configure(spec: TapSpec, create: bool) -> None:
+    fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, _ifreq(spec, exclusive=create))
+        fcntl.ioctl(fd, TUNSETOWNER, -1 if spec.owner_uid is None else spec.owner_uid)
+        fcntl.ioctl(fd, TUNSETGROUP, -1 if spec.group_gid is None else spec.group_gid)
+        if create:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
+
+
+def create_tap(spec: TapSpec) -> None:
+    """Create a persistent TAP; OSError(EBUSY) when the name is already taken.
+
+    Plain TUNSETIFF on an existing TAP attaches to it instead of failing;
+    IFF_TUN_EXCL makes creation exclusive, so a lost race is an error, not a
+    silent adoption of someone else's device.
+    """
+    _configure(spec, create=True)
+
+
+def set_owner(spec: TapSpec) -> None:
+    """Change owner/group of an existing persistent TAP (EBUSY while a process holds it)."""
+    _configure(spec, create=False)
+
+
+def disable_ipv6(name: str) -> None:
+    """Write the per-device sysctl; a kernel without IPv6 has nothing to disable."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:
+        return
+
+
+def tun_usable() -> bool:
+    try:
+        os.close(os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV, errno.EPERM, errno.EACCES):
+            return False
+        raise
+    return True
