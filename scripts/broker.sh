@@ -191,6 +191,11 @@ stop_private() {
         fi
         sleep 0.05
     done
+    # exited processes leave the namespace at once but stay in ps until reaped
+    deadline=$((SECONDS + 5))
+    for p in $pids; do
+        while [[ -d /proc/$p ]] && ((SECONDS < deadline)); do sleep 0.05; done
+    done
     [[ $sig == KILL ]] && rm -f "$PIDFILE"
     log "$NODE stopped (SIG$sig)"
 }
