@@ -40,7 +40,8 @@ class AmqpSettings(_Section):
 
 
 class NetlinkSettings(_Section):
-    netns: str = Field(default="", description="Network namespace to manage ('' = the daemon's own)")
+    netns: str = Field(default="",
+                       description="Network namespace to manage ('' = the daemon's own)")
     rcvbuf_bytes: int = Field(default=4 * 1024 * 1024, ge=32 * 1024, le=1 << 30,
                               description="Receive buffer of the event watcher's netlink socket")
 

@@ -1,5 +1,8 @@
-"""The public contract: command models, reply envelopes and error codes.
+"""The public contract: command models, reply envelopes, error codes, events.
 
 This package is the bottom layer. It imports nothing else from vnetd and no
-adapter library: everything here is pure data and validation.
+adapter library: everything here is pure data and validation. Importing it
+loads every op module, so the op table (`commands.OPS`) is complete.
 """
+
+from vnetd.contract import commands as commands

@@ -222,7 +222,8 @@ def parse_args(op: str, args: dict[str, Any]) -> Command:
 
 def _error_list(exc: ValidationError) -> list[dict[str, str]]:
     return [
-        {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"].removeprefix("Value error, ")}
+        {"field": ".".join(str(p) for p in e["loc"]),
+         "problem": e["msg"].removeprefix("Value error, ")}
         for e in exc.errors(include_url=False)
     ]
 

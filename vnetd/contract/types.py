@@ -31,7 +31,7 @@ def _check_mac(value: str) -> str:
     if not _MAC.fullmatch(mac):
         raise ValueError("MAC address must be six hex octets separated by ':'")
     if int(mac[:2], 16) & 1:
-        raise ValueError("MAC address must be unicast (the multicast bit of the first octet is set)")
+        raise ValueError("MAC address must be unicast (the first octet has the multicast bit)")
     if mac == "00:00:00:00:00:00":
         raise ValueError("MAC address cannot be all zeros")
     return mac

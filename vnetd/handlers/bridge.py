@@ -28,7 +28,9 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
     link = await ctx.net.get_link(cmd.name)
     created = False
     if link is None:
-        await ctx.net.add_bridge(cmd.name, cmd.mtu, cmd.mac, BridgeOptions(
+        # MTU is set after creation, not in RTM_NEWLINK: only a changed MTU counts as
+        # "set by the user" for the kernel, which otherwise lowers it to the ports'.
+        await ctx.net.add_bridge(cmd.name, None, cmd.mac, BridgeOptions(
             stp=cmd.stp, forward_delay=cmd.forward_delay, ageing_time=cmd.ageing_time,
             vlan_filtering=cmd.vlan_filtering))
         link = await ctx.net.get_link(cmd.name)

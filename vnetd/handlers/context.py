@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vnetd.contract.events import EventSink, NullSink
 from vnetd.handlers.policy import Policy
 from vnetd.net.backend import NetBackend
 
@@ -16,6 +17,7 @@ class Context:
     net: NetBackend
     policy: Policy
     version: str
+    events: EventSink = field(default_factory=NullSink)
     components: Callable[[], dict[str, str]] = field(default=lambda: {})
     """Connection state of the daemon's dependencies (broker, libvirt), for host.health."""
     extras: dict[str, Any] = field(default_factory=dict)

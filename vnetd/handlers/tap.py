@@ -57,10 +57,14 @@ async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
         ctx.policy.require_owned(link, "change")
         _check_fixed_flags(cmd, link)
         tun = link.tun
-        if tun is not None and (tun.owner_uid != cmd.owner_uid or tun.group_gid != cmd.group_gid):
+        if tun is not None and (
+                (cmd.owner_uid is not None and tun.owner_uid != cmd.owner_uid)
+                or (cmd.group_gid is not None and tun.group_gid != cmd.group_gid)):
             await ctx.net.set_tap_owner(_spec(cmd))
+    # A new TAP takes its bridge's MTU unless told otherwise (as libvirt does).
+    mtu = cmd.mtu if cmd.mtu is not None else (bridge.mtu if created and bridge else None)
     change = LinkChange(
-        mtu=cmd.mtu if cmd.mtu is not None and cmd.mtu != link.mtu else None,
+        mtu=mtu if mtu is not None and mtu != link.mtu else None,
         mac=cmd.mac if cmd.mac is not None and cmd.mac != link.mac else None,
         master=bridge.index if bridge is not None and link.master != bridge.index else None,
         up=cmd.up if cmd.up != link.up else None,

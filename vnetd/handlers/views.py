@@ -39,7 +39,8 @@ def link_view(link: Link, master_name: str | None = None) -> dict[str, Any]:
     return view
 
 
-async def view_of(net: NetBackend, link: Link, known: dict[int, str] | None = None) -> dict[str, Any]:
+async def view_of(net: NetBackend, link: Link,
+                  known: dict[int, str] | None = None) -> dict[str, Any]:
     """The view of one link, resolving its master's name (one lookup at most)."""
     master = None
     if link.master is not None:

@@ -218,7 +218,7 @@ class NetlinkBackend:
 
     async def features(self) -> dict[str, bool | str]:
         return {
-            "bridge": os.path.isdir("/sys/module/bridge"),
+            "bridge": await self._worker.run(os.path.isdir, "/sys/module/bridge"),
             "tun_device": await self._worker.run(tun.tun_usable),
             "netns": self.netns or "",
         }

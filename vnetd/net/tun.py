@@ -38,8 +38,11 @@ def _configure(spec: TapSpec, create: bool) -> None:
     fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, _ifreq(spec, exclusive=create))
-        fcntl.ioctl(fd, TUNSETOWNER, -1 if spec.owner_uid is None else spec.owner_uid)
-        fcntl.ioctl(fd, TUNSETGROUP, -1 if spec.group_gid is None else spec.group_gid)
+        # The kernel cannot clear an owner (-1 is EINVAL): None leaves it as it is.
+        if spec.owner_uid is not None:
+            fcntl.ioctl(fd, TUNSETOWNER, spec.owner_uid)
+        if spec.group_gid is not None:
+            fcntl.ioctl(fd, TUNSETGROUP, spec.group_gid)
         if create:
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
     finally:

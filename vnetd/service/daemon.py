@@ -1,11 +1,13 @@
-"""The daemon: wires config, backends, broker and consumer, and runs until told to stop."""
+"""The daemon: wires config, backends, broker and components; runs until told to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import dataclass, field
 
 import structlog
+from aio_pika.abc import AbstractRobustConnection
 
 from vnetd import __version__
 from vnetd.amqp import topology
@@ -18,9 +20,30 @@ from vnetd.handlers.dispatch import Dispatcher
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
+from vnetd.service.component import Component
 from vnetd.service.notify import Notifier
 
 log = structlog.get_logger("vnetd")
+
+
+@dataclass
+class Runtime:
+    """What components are built from: the shared, already-started parts."""
+
+    settings: Settings
+    ctx: Context
+    net: NetlinkBackend
+    broker: BrokerLink
+    connection: AbstractRobustConnection
+    notifier: Notifier
+    observers: list[JobObserver] = field(default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)
+    """Component states reported by host.health ("connected", "degraded", ...)."""
+
+
+def build_components(rt: Runtime) -> list[Component]:
+    """Everything the daemon runs besides the consumer, in start order."""
+    return []
 
 
 class Daemon:
@@ -31,13 +54,13 @@ class Daemon:
         self.broker = BrokerLink(
             settings.amqp.url.get_secret_value(), f"vnetd@{settings.host_id}",
             settings.amqp.reconnect_interval_seconds)
-        self.components: dict[str, str] = {"broker": "disconnected", "libvirt": "disabled"}
-        self.observers: list[JobObserver] = []
+        self.states: dict[str, str] = {"libvirt": "disabled"}
         self.consumer: JobConsumer | None = None
-        self.net: NetlinkBackend | None = None
+        self.components: list[Component] = []
+        self.started: list[Component] = []
 
     def component_states(self) -> dict[str, str]:
-        return {**self.components, "broker": self.broker.state}
+        return {**self.states, "broker": self.broker.state}
 
     async def _policy(self, net: NetlinkBackend) -> Policy:
         p = self.settings.policy
@@ -52,30 +75,40 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop_event.set)
         s = self.settings
         self.notifier.status("starting: opening netlink")
-        self.net = net = NetlinkBackend(s.netlink.netns or None)
+        net = NetlinkBackend(s.netlink.netns or None)
         try:
-            policy = await self._policy(net)
-            ctx = Context(host_id=s.host_id, net=net, policy=policy, version=__version__,
-                          components=self.component_states)
-            dispatcher = Dispatcher(build_registry(), ctx)
+            ctx = Context(host_id=s.host_id, net=net, policy=await self._policy(net),
+                          version=__version__, components=self.component_states)
             self.notifier.status("starting: connecting to the broker")
             connection = await self.broker.connect()
-            channel = await connection.channel(publisher_confirms=True)
-            await channel.set_qos(prefetch_count=s.amqp.prefetch)
-            topo = await topology.declare(channel, s.host_id, s.amqp.delivery_limit)
-            cache = ReplyCache(s.amqp.dedupe_window_seconds, s.amqp.dedupe_max_entries)
-            self.consumer = JobConsumer(channel, topo.queue, dispatcher.execute, cache,
-                                        s.host_id, self.observers)
-            await self.consumer.start()
-            log.info("ready", host_id=s.host_id, queue=topo.queue.name,
-                     netns=s.netlink.netns or None, protected=list(policy.protected),
-                     version=__version__)
-            self.notifier.ready(f"ready: consuming {topo.queue.name}")
+            rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,
+                         connection=connection, notifier=self.notifier, states=self.states)
+            for component in build_components(rt):
+                self.notifier.status(f"starting: {component.name}")
+                await component.start()
+                self.started.append(component)
+            await self._start_consumer(rt)
+            self.notifier.ready(f"ready: consuming jobs for {s.host_id}")
+            log.info("ready", host_id=s.host_id, netns=s.netlink.netns or None,
+                     protected=list(ctx.policy.protected), version=__version__)
             await self.stop_event.wait()
             await self._shutdown()
         finally:
+            for component in reversed(self.started):
+                await component.stop()
             await self.broker.close()
             await net.close()
+
+    async def _start_consumer(self, rt: Runtime) -> None:
+        s = rt.settings
+        channel = await rt.connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=s.amqp.prefetch)
+        topo = await topology.declare(channel, s.host_id, s.amqp.delivery_limit)
+        dispatcher = Dispatcher(build_registry(), rt.ctx)
+        cache = ReplyCache(s.amqp.dedupe_window_seconds, s.amqp.dedupe_max_entries)
+        self.consumer = JobConsumer(channel, topo.queue, dispatcher.execute, cache,
+                                    s.host_id, rt.observers)
+        await self.consumer.start()
 
     async def _shutdown(self) -> None:
         self.notifier.stopping()

@@ -10,7 +10,7 @@ class Notifier:
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._notify = None
         if self.enabled:
-            from systemd import daemon  # systemd-python
+            from systemd import daemon  # type: ignore[attr-defined]  # systemd-python
             self._notify = daemon.notify
 
     def send(self, **fields: str | int) -> None:

@@ -1,0 +1,1 @@
+"""The event stream: numbering, CloudEvents encoding and publishing to `vnetd.events`."""

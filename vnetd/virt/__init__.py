@@ -1,0 +1,1 @@
+"""The libvirt side: a typed backend for virtual networks (the only code that imports libvirt)."""
