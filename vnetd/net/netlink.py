@@ -1,19 +1,22 @@
 """NetBackend on the real kernel: pyroute2's AsyncIPRoute plus the namespace worker.
 
-The only module of vnetd that imports pyroute2. rtnetlink requests go through
-one AsyncIPRoute socket opened inside the target namespace once at start;
-TAP creation and sysctls go through the namespace worker thread.
+The only module of vnetd that imports pyroute2. The hot rtnetlink requests go
+through `fastlink.FastLink` (a raw socket opened inside the target namespace
+once at start); route dumps through pyroute2's AsyncIPRoute, opened on first
+use; TAP creation and sysctls through the namespace worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
+from pyroute2.netlink.exceptions import NetlinkError
 
 from vnetd.contract.errors import (
     Conflict,
@@ -26,6 +29,7 @@ from vnetd.contract.errors import (
     VnetdError,
 )
 from vnetd.net import tun
+from vnetd.net.fastlink import DumpInterrupted, FastLink, NetlinkRequestError
 from vnetd.net.model import BridgeOptions, BridgeSettings, Link, LinkChange, TapSpec, TunSettings
 from vnetd.net.netns import NamespaceWorker
 
@@ -95,32 +99,33 @@ def parse_link(msg: Any) -> Link:
     )
 
 
-def _bridge_attrs(options: BridgeOptions) -> dict[str, int]:
-    attrs: dict[str, int] = {}
-    if options.stp is not None:
-        attrs["br_stp_state"] = int(options.stp)
-    if options.forward_delay is not None:
-        attrs["br_forward_delay"] = round(options.forward_delay * _CENTI)
-    if options.ageing_time is not None:
-        attrs["br_ageing_time"] = round(options.ageing_time * _CENTI)
-    if options.vlan_filtering is not None:
-        attrs["br_vlan_filtering"] = int(options.vlan_filtering)
-    return attrs
-
-
 class NetlinkBackend:
-    """NetBackend for the kernel, working inside `netns` (None: our own namespace)."""
+    """NetBackend for the kernel, working inside `netns` (None: our own namespace).
+
+    Hot operations (get/set/delete/dump of links, bridge creation) go through
+    `fastlink.FastLink`, a raw rtnetlink socket opened inside the namespace;
+    rare ones (route dump) through pyroute2, opened on first use.
+    """
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns or None
         self._worker = NamespaceWorker(self.netns)
-        self._ipr = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
+        self._link = FastLink(self._worker.call(FastLink.open_socket))
+        self._ipr: Any = None
+        self._deletes: list[tuple[int, asyncio.Future[None]]] = []
+        self._deleting: asyncio.Task[None] | None = None
+
+    def _pyroute2(self) -> Any:
+        if self._ipr is None:
+            self._ipr = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
+        return self._ipr
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             return await fn()
-        except NetlinkError as exc:
-            raise error_from_errno(exc.code, what) from exc
+        except (NetlinkError, NetlinkRequestError) as exc:
+            code = exc.code if isinstance(exc, NetlinkError) else (exc.errno or errno.EIO)
+            raise error_from_errno(code, what) from exc
 
     async def _worker_call(self, what: str, fn: Callable[..., T], *args: object) -> T:
         try:
@@ -132,40 +137,34 @@ class NetlinkBackend:
 
     async def get_link(self, name: str) -> Link | None:
         try:
-            msgs = await self._ipr.link("get", ifname=name)
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
+            return await self._link.get_link(name)
+        except NetlinkRequestError as exc:
+            if exc.errno == errno.ENODEV:
                 return None
-            raise error_from_errno(exc.code, f"get link {name}") from exc
-        return parse_link(msgs[0])
+            raise error_from_errno(exc.errno or errno.EIO, f"get link {name}") from exc
 
     async def get_link_by_index(self, index: int) -> Link | None:
         try:
-            msgs = await self._ipr.link("get", index=index)
-        except NetlinkError as exc:
-            if exc.code == errno.ENODEV:
+            return await self._link.get_link_by_index(index)
+        except NetlinkRequestError as exc:
+            if exc.errno == errno.ENODEV:
                 return None
-            raise error_from_errno(exc.code, f"get link #{index}") from exc
-        return parse_link(msgs[0])
+            raise error_from_errno(exc.errno or errno.EIO, f"get link #{index}") from exc
 
     async def list_links(self) -> list[Link]:
         for _ in range(DUMP_RETRIES):
             try:
-                return [parse_link(m) async for m in await self._ipr.link("dump")]
-            except NetlinkDumpInterrupted:
+                return await self._link.dump_links()
+            except DumpInterrupted:
                 continue  # the table changed under the dump: take it again
-            except NetlinkError as exc:
-                raise error_from_errno(exc.code, "dump links") from exc
+            except NetlinkRequestError as exc:
+                raise error_from_errno(exc.errno or errno.EIO, "dump links") from exc
         raise Unavailable("link dump kept being interrupted by concurrent changes")
 
     async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
                          options: BridgeOptions) -> None:
-        attrs: dict[str, Any] = {"ifname": name, "kind": "bridge", **_bridge_attrs(options)}
-        if mtu is not None:
-            attrs["mtu"] = mtu
-        if mac is not None:
-            attrs["address"] = mac
-        await self._call(f"create bridge {name}", lambda: self._ipr.link("add", **attrs))
+        await self._call(f"create bridge {name}",
+                         lambda: self._link.add_bridge(name, mtu, mac, options))
 
     async def add_tap(self, spec: TapSpec) -> None:
         await self._worker_call(f"create tap {spec.name}", tun.create_tap, spec)
@@ -174,24 +173,68 @@ class NetlinkBackend:
         await self._worker_call(f"set owner of tap {spec.name}", tun.set_owner, spec)
 
     async def set_link(self, index: int, change: LinkChange) -> None:
-        attrs: dict[str, Any] = {"index": index}
-        if change.alias is not None:
-            attrs["ifalias"] = change.alias
-        if change.mtu is not None:
-            attrs["mtu"] = change.mtu
-        if change.mac is not None:
-            attrs["address"] = change.mac
-        if change.master is not None:
-            attrs["master"] = change.master
-        if change.up is not None:
-            attrs["state"] = "up" if change.up else "down"
-        if change.bridge is not None and not change.bridge.is_empty():
-            attrs["kind"] = "bridge"
-            attrs.update(_bridge_attrs(change.bridge))
-        await self._call(f"set link #{index}", lambda: self._ipr.link("set", **attrs))
+        await self._call(f"set link #{index}", lambda: self._link.set_link(index, change))
 
     async def delete_link(self, index: int) -> None:
-        await self._call(f"delete link #{index}", lambda: self._ipr.link("del", index=index))
+        """Delete one link; deletions that arrive together share one RTM_DELLINK.
+
+        Unregistering a device waits for an RCU grace period (about 18 ms here)
+        under the RTNL lock, so one-by-one deletion is capped near 50/s whatever
+        the caller does. Deletions requested while one is running are gathered:
+        each device is moved to a fresh random interface group, then the group
+        is deleted in one request (one grace period for all of them).
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._deletes.append((index, future))
+        if self._deleting is None or self._deleting.done():
+            self._deleting = asyncio.create_task(self._run_deletes(), name="vnetd-deletes")
+        await asyncio.shield(future)
+
+    async def _run_deletes(self) -> None:
+        while self._deletes:
+            todo, self._deletes = self._deletes, []
+            try:
+                if len(todo) == 1:
+                    await self._delete_one(*todo[0])
+                else:
+                    await self._delete_many(todo)
+            except BaseException as exc:  # never leave a caller waiting forever
+                for _, future in todo:
+                    _settle(future, exc if isinstance(exc, Exception) else Unavailable(
+                        "link deletion interrupted"))
+                raise
+
+    async def _delete_one(self, index: int, future: asyncio.Future[None]) -> None:
+        try:
+            await self._call(f"delete link #{index}", lambda: self._link.delete_link(index))
+        except VnetdError as exc:
+            _settle(future, exc)
+        else:
+            _settle(future, None)
+
+    async def _set_group(self, index: int, group: int) -> None:
+        await self._call(f"delete link #{index}", lambda: self._link.set_group(index, group))
+
+    async def _delete_many(self, todo: list[tuple[int, asyncio.Future[None]]]) -> None:
+        group = secrets.randbelow(0x7FFFFF00) + 0x100  # 0 is the default group
+        moved = await asyncio.gather(*(self._set_group(index, group) for index, _ in todo),
+                                     return_exceptions=True)
+        members = []
+        for (index, future), result in zip(todo, moved, strict=True):
+            if isinstance(result, BaseException):
+                _settle(future, result)
+            else:
+                members.append((index, future))
+        if not members:
+            return
+        try:
+            await self._link.delete_group(group)
+        except NetlinkRequestError:
+            for index, future in members:  # e.g. a device kind without dellink: one by one
+                await self._delete_one(index, future)
+            return
+        for _, future in members:
+            _settle(future, None)
 
     async def disable_ipv6(self, name: str) -> None:
         await self._worker_call(f"disable IPv6 on {name}", tun.disable_ipv6, name)
@@ -200,7 +243,7 @@ class NetlinkBackend:
         indexes: set[int] = set()
         for family in (2, 10):  # AF_INET, AF_INET6
             try:
-                async for route in await self._ipr.route("dump", family=family, dst_len=0):
+                async for route in await self._pyroute2().route("dump", family=family, dst_len=0):
                     if route.get("dst_len", 0) == 0 and route.get("table") in (254, None):
                         oif = route.get("oif")
                         if oif:
@@ -224,5 +267,16 @@ class NetlinkBackend:
         }
 
     async def close(self) -> None:
-        self._ipr.close()
+        self._link.close()
+        if self._ipr is not None:
+            self._ipr.close()
         self._worker.close()
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -47,5 +47,9 @@ class NamespaceWorker:
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn` on the worker and wait (for set-up, before the loop needs it)."""
+        return self._pool.submit(fn, *args).result()
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
