@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -21,7 +22,11 @@ from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
 from vnetd.service.component import Component
+from vnetd.service.metrics import MetricsServer
 from vnetd.service.notify import Notifier
+from vnetd.service.watchdog import Watchdog
+from vnetd.virt.libvirt_backend import LibvirtBackend
+from vnetd.watchers.libvirt import LibvirtWatcher
 
 log = structlog.get_logger("vnetd")
 
@@ -39,11 +44,32 @@ class Runtime:
     observers: list[JobObserver] = field(default_factory=list)
     states: dict[str, str] = field(default_factory=dict)
     """Component states reported by host.health ("connected", "degraded", ...)."""
+    consumer_alive: Callable[[], bool | None] = lambda: None
+    """None until the job consumer is started, then whether it still consumes."""
+
+    def dependency_states(self) -> dict[str, str]:
+        return {**self.states, "broker": self.broker.state}
 
 
 def build_components(rt: Runtime) -> list[Component]:
     """Everything the daemon runs besides the consumer, in start order."""
-    return []
+    s = rt.settings
+    watchdog = Watchdog(rt.notifier, rt.dependency_states, rt.consumer_alive)
+    metrics = MetricsServer(enabled=s.metrics.enabled, address=s.metrics.address,
+                            port=s.metrics.port, states=rt.dependency_states,
+                            list_links=rt.net.list_links)
+    rt.observers.append(metrics.observer)
+    return [watchdog, metrics, *_libvirt_components(rt)]
+
+
+def _libvirt_components(rt: Runtime) -> list[Component]:
+    """The libvirt watcher (it also gives handlers ctx.virt) when `[libvirt] enabled`."""
+    lv = rt.settings.libvirt
+    if not lv.enabled:
+        return []
+    backend = LibvirtBackend(lv.uri, adopt_unowned=lv.adopt_unowned)
+    return [LibvirtWatcher(backend, rt.ctx, rt.states,
+                           reconnect_max_seconds=lv.reconnect_max_seconds)]
 
 
 class Daemon:
@@ -58,6 +84,12 @@ class Daemon:
         self.consumer: JobConsumer | None = None
         self.components: list[Component] = []
         self.started: list[Component] = []
+
+    def consumer_alive(self) -> bool | None:
+        c = self.consumer
+        if c is None or c.stopping:
+            return None  # not started yet, or stopping by design
+        return not c.channel.is_closed
 
     def component_states(self) -> dict[str, str]:
         return {**self.states, "broker": self.broker.state}
@@ -82,13 +114,15 @@ class Daemon:
             self.notifier.status("starting: connecting to the broker")
             connection = await self.broker.connect()
             rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,
-                         connection=connection, notifier=self.notifier, states=self.states)
+                         connection=connection, notifier=self.notifier, states=self.states,
+                         consumer_alive=self.consumer_alive)
             for component in build_components(rt):
                 self.notifier.status(f"starting: {component.name}")
                 await component.start()
                 self.started.append(component)
             await self._start_consumer(rt)
-            self.notifier.ready(f"ready: consuming jobs for {s.host_id}")
+            owned = sum(1 for link in await net.list_links() if link.owned)
+            self.notifier.ready(f"ready: consuming jobs for {s.host_id}, {owned} owned devices")
             log.info("ready", host_id=s.host_id, netns=s.netlink.netns or None,
                      protected=list(ctx.policy.protected), version=__version__)
             await self.stop_event.wait()

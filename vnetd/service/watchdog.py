@@ -1,0 +1,119 @@
+"""The systemd watchdog: WATCHDOG=1 only while a real health check passes.
+
+A probe task wakes up often and measures how late the event loop runs it (loop
+lag). Every half WATCHDOG_USEC the component pings systemd if, since the last
+ping, the loop lag stayed under the limit, the job consumer is alive (once
+started) and the broker is connected. A hung loop sends nothing (the probe
+cannot run); a slow or unhealthy one skips pings, and systemd restarts the
+daemon after WatchdogSec. It also keeps the STATUS line current (ready or
+degraded, and why). Without WATCHDOG_USEC it only keeps STATUS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from vnetd.service import failpoints
+from vnetd.service.notify import Notifier
+
+log = structlog.get_logger("vnetd.watchdog")
+
+MAX_LAG_SECONDS = 2.0
+PROBE_SECONDS = 0.25
+STATUS_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    problems: tuple[str, ...]
+
+
+class Watchdog:
+    name = "watchdog"
+
+    def __init__(self, notifier: Notifier, states: Callable[[], dict[str, str]],
+                 consumer_alive: Callable[[], bool | None]) -> None:
+        self.notifier = notifier
+        self.states = states
+        self.consumer_alive = consumer_alive
+        usec = notifier.watchdog_usec
+        self.ping_every = usec / 2e6 if usec else None
+        ref = self.ping_every or STATUS_SECONDS
+        self.max_lag = min(MAX_LAG_SECONDS, ref / 2)
+        self.probe_every = min(PROBE_SECONDS, ref / 4)
+        self.worst_lag = 0.0
+        self.pings = 0
+        self.skipped = 0
+        self._task: asyncio.Task[None] | None = None
+        self._failpoint = False
+
+    def health(self) -> Health:
+        problems: list[str] = []
+        if self.worst_lag > self.max_lag:
+            problems.append(f"event loop lagged {self.worst_lag:.1f}s")
+        if self.consumer_alive() is False:
+            problems.append("job consumer stopped")
+        for name, state in sorted(self.states().items()):
+            if state not in ("connected", "disabled"):
+                problems.append(f"{name} {_describe(state)}")
+        return Health(ok=not problems, problems=tuple(problems))
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._failpoint = failpoints.install(loop)
+        self._task = asyncio.create_task(self._run(), name="vnetd-watchdog")
+        log.info("watchdog_started", ping_every=self.ping_every, max_lag=self.max_lag,
+                 failpoint=self._failpoint or None)
+
+    async def stop(self) -> None:
+        if self._failpoint:
+            failpoints.uninstall(asyncio.get_running_loop())
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.ping_every or STATUS_SECONDS
+        next_beat = loop.time() + period
+        was_ok = True
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.probe_every)
+            self.worst_lag = max(self.worst_lag, loop.time() - before - self.probe_every)
+            if loop.time() < next_beat:
+                continue
+            next_beat = loop.time() + period
+            health = self.health()
+            self.worst_lag = 0.0
+            if health.ok and self.ping_every is not None:
+                self.notifier.watchdog()
+                self.pings += 1
+            elif not health.ok:
+                self.skipped += 1
+            self._report(health)
+            if health.ok != was_ok:
+                log.warning("health_changed", ok=health.ok, problems=list(health.problems))
+                was_ok = health.ok
+
+
+    def _report(self, health: Health) -> None:
+        if self.notifier.is_stopping:
+            return
+        if not health.ok:
+            self.notifier.status("degraded: " + ", ".join(health.problems))
+        elif self.notifier.ready_status is not None:
+            self.notifier.status(self.notifier.ready_status)
+
+
+def _describe(state: str) -> str:
+    return {"disconnected": "unreachable", "reconnecting": "unreachable (reconnecting)",
+            "connecting": "connecting"}.get(state, state)
