@@ -23,6 +23,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config file")
     check = sub.add_parser("check-config", help="validate a config and print the effective one")
     check.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config file")
+    clean = sub.add_parser(
+        "cleanup", help="remove vnetd's orphaned devices now (asks the running daemon, "
+        "or sweeps locally when none answers)")
+    clean.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config file")
+    clean.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    clean.add_argument("--local", action="store_true", help="sweep here, do not ask the daemon")
+    clean.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -40,10 +47,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(json.dumps(settings.public_dict(), indent=2))
         return EX_OK
+    if args.command == "cleanup":
+        return _cleanup(settings, args)
     from vnetd.service.daemon import Daemon
     from vnetd.service.logging import setup_logging
     setup_logging(settings.log)
     asyncio.run(Daemon(settings).run())
+    return EX_OK
+
+
+def _cleanup(settings: Settings, args: argparse.Namespace) -> int:
+    from vnetd.service.cleanup import CleanupFailed, cleanup_once, describe
+    from vnetd.service.logging import setup_logging
+    setup_logging(settings.log)
+    try:
+        where, result = asyncio.run(cleanup_once(settings, args.dry_run, local=args.local))
+    except CleanupFailed as exc:
+        print(f"vnetd cleanup: the daemon refused: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"ran": where, **result}, indent=2) if args.json
+          else describe(where, result))
     return EX_OK
 
 

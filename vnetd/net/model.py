@@ -57,6 +57,9 @@ class Link:
     alias: str | None
     bridge: BridgeSettings | None = None
     tun: TunSettings | None = None
+    carrier_changes: int = 0
+    """How often the carrier went on or off (IFLA_CARRIER_CHANGES): for a TAP, a
+    process attaching or detaching. A changed count means "used since last seen"."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
