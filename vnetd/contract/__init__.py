@@ -5,4 +5,6 @@ adapter library: everything here is pure data and validation. Importing it
 loads every op module, so the op table (`commands.OPS`) is complete.
 """
 
+from vnetd.contract import cleanup as cleanup
 from vnetd.contract import commands as commands
+from vnetd.contract import network as network

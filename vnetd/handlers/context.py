@@ -9,6 +9,7 @@ from typing import Any
 from vnetd.contract.events import EventSink, NullSink
 from vnetd.handlers.policy import Policy
 from vnetd.net.backend import NetBackend
+from vnetd.virt.backend import VirtBackend
 
 
 @dataclass
@@ -20,5 +21,7 @@ class Context:
     events: EventSink = field(default_factory=NullSink)
     components: Callable[[], dict[str, str]] = field(default=lambda: {})
     """Connection state of the daemon's dependencies (broker, libvirt), for host.health."""
+    virt: VirtBackend | None = None
+    """libvirt networks; None when `[libvirt] enabled = false` (network ops: unavailable)."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Services that later layers add (libvirt backend, event sequence, leases)."""

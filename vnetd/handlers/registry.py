@@ -6,7 +6,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vnetd.contract import commands as c
-from vnetd.handlers import bridge, host, link, port, tap
+from vnetd.contract import network as n
+from vnetd.contract.cleanup import CleanupRun
+from vnetd.handlers import bridge, host, link, network, port, tap
+from vnetd.handlers.cleanup import run as cleanup_run
 from vnetd.handlers.context import Context
 
 Handler = Callable[[Any, Context], Awaitable[dict[str, Any]]]
@@ -27,4 +30,14 @@ def build_registry() -> Registry:
         c.LinkList: link.list_,
         c.HostSnapshot: host.snapshot,
         c.HostHealth: host.health,
+        CleanupRun: cleanup_run,
+        n.NetworkDefine: network.define,
+        n.NetworkCreate: network.create,
+        n.NetworkStart: network.start,
+        n.NetworkDestroy: network.destroy,
+        n.NetworkUndefine: network.undefine,
+        n.NetworkAutostart: network.autostart,
+        n.NetworkDumpxml: network.dumpxml,
+        n.NetworkList: network.list_,
+        n.NetworkUpdate: network.update,
     }

@@ -1,0 +1,237 @@
+"""The libvirt adapter: the only module that imports libvirt and libvirtaio.
+
+Every libvirt call that may talk to libvirtd runs in a small thread pool
+(run_in_executor), never on the event loop, so a slow `net-start` (firewall
+rules, dnsmasq) never stalls other jobs or event publishing. libvirt's own
+callbacks (lifecycle events, connection close) are dispatched by libvirtaio on
+the loop or on a pool thread; they only hand their facts to the loop with
+call_soon_threadsafe. The connection's lifecycle (open, callbacks, keepalive,
+close) is driven by the libvirt watcher; handlers only see the VirtBackend calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import libvirt
+import libvirtaio
+import structlog
+
+from vnetd.virt.backend import NetworkState, Reason, UpdateAction, UpdateSection, VirtError
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+EVENT_NAMES = {
+    libvirt.VIR_NETWORK_EVENT_DEFINED: "defined",
+    libvirt.VIR_NETWORK_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_NETWORK_EVENT_STARTED: "started",
+    libvirt.VIR_NETWORK_EVENT_STOPPED: "stopped",
+}
+_SECTIONS = {
+    UpdateSection.DHCP_HOST: libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+    UpdateSection.DHCP_RANGE: libvirt.VIR_NETWORK_SECTION_IP_DHCP_RANGE,
+}
+_COMMANDS = {
+    UpdateAction.ADD: libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+    UpdateAction.MODIFY: libvirt.VIR_NETWORK_UPDATE_COMMAND_MODIFY,
+    UpdateAction.DELETE: libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
+}
+_REASONS: dict[int, Reason] = {
+    libvirt.VIR_ERR_NO_NETWORK: Reason.NOT_FOUND,
+    libvirt.VIR_ERR_XML_ERROR: Reason.INVALID,
+    libvirt.VIR_ERR_XML_DETAIL: Reason.INVALID,
+    libvirt.VIR_ERR_INVALID_ARG: Reason.INVALID,
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED: Reason.UNSUPPORTED,
+    libvirt.VIR_ERR_NO_SUPPORT: Reason.UNSUPPORTED,
+    libvirt.VIR_ERR_OPERATION_UNSUPPORTED: Reason.UNSUPPORTED,
+    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED: Reason.UNSUPPORTED,
+    libvirt.VIR_ERR_OPERATION_INVALID: Reason.CONFLICT,
+    libvirt.VIR_ERR_NETWORK_EXIST: Reason.CONFLICT,
+    libvirt.VIR_ERR_NO_CONNECT: Reason.UNAVAILABLE,
+    libvirt.VIR_ERR_INVALID_CONN: Reason.UNAVAILABLE,
+}
+
+_IMPL_LOOP: dict[str, asyncio.AbstractEventLoop] = {}
+
+
+def _quiet(_ctx: Any, _err: Any) -> None:
+    """libvirt's default handler prints every error to stderr; vnetd reports them itself."""
+
+
+def register_event_impl() -> None:
+    """libvirtaio as libvirt's event loop: must happen before any connection is opened."""
+    loop = asyncio.get_running_loop()
+    if _IMPL_LOOP.get("loop") is not loop:
+        libvirt.registerErrorHandler(_quiet, None)
+        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+        _IMPL_LOOP["loop"] = loop
+
+
+class LibvirtBackend:
+    """VirtBackend over one libvirt connection, plus the hooks the watcher drives."""
+
+    def __init__(self, uri: str, *, adopt_unowned: bool = False, workers: int = 8) -> None:
+        self.uri = uri
+        self.adopt_unowned = adopt_unowned
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="libvirt")
+        self._conn: Any = None
+        self._callback_ids: list[int] = []
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _translate(self, exc: libvirt.libvirtError, conn: Any) -> VirtError:
+        code = exc.get_error_code()
+        reason = _REASONS.get(code, Reason.FAILED)
+        try:
+            alive = bool(conn.isAlive())
+        except libvirt.libvirtError:
+            alive = False
+        if not alive:
+            reason = Reason.UNAVAILABLE
+        msg = str(exc.get_error_message() or exc)
+        return VirtError(reason, msg, code)
+
+    async def _call(self, fn: Callable[[Any], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise VirtError(Reason.UNAVAILABLE, f"not connected to libvirtd ({self.uri})")
+
+        def work() -> T:
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as exc:
+                raise self._translate(exc, conn) from None
+
+        return await self._run(work)
+
+    # ------------------------------------------------------------ connection (watcher)
+    async def open(self, on_event: Callable[[str, str], None],
+                   on_close: Callable[[str], None], keepalive: tuple[int, int] = (5, 3)) -> None:
+        """Open the connection, register lifecycle + close callbacks and keepalive.
+
+        `on_event(name, "defined"|"undefined"|"started"|"stopped")` and
+        `on_close(reason)` are called on the event loop.
+        """
+        register_event_impl()
+        loop = asyncio.get_running_loop()
+
+        def lifecycle(_conn: Any, net: Any, event: int, _detail: int, _opaque: Any) -> None:
+            name = EVENT_NAMES.get(event)
+            if name is not None:
+                loop.call_soon_threadsafe(on_event, net.name(), name)
+
+        def closed(_conn: Any, reason: int, _opaque: Any) -> None:
+            loop.call_soon_threadsafe(on_close, f"libvirt close reason {reason}")
+
+        def connect() -> tuple[Any, int]:
+            conn = libvirt.open(self.uri)
+            try:
+                conn.registerCloseCallback(closed, None)
+                conn.setKeepAlive(*keepalive)
+                cb = conn.networkEventRegisterAny(
+                    None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, lifecycle, None)
+            except BaseException:
+                conn.close()
+                raise
+            return conn, cb
+
+        try:
+            conn, cb = await self._run(connect)
+        except libvirt.libvirtError as exc:
+            raise VirtError(Reason.UNAVAILABLE, str(exc.get_error_message() or exc),
+                            exc.get_error_code()) from None
+        self._conn = conn
+        self._callback_ids = [cb]
+
+    async def close(self) -> None:
+        """Drop the connection (after a loss, or at stop); never raises."""
+        conn, self._conn = self._conn, None
+        ids, self._callback_ids = self._callback_ids, []
+        if conn is None:
+            return
+
+        def work() -> None:
+            # The connection may already be dead: each step is best effort.
+            for cb in ids:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.networkEventDeregisterAny(cb)
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+        await self._run(work)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ VirtBackend
+    @staticmethod
+    def _state(net: Any) -> NetworkState:
+        return NetworkState(
+            name=net.name(), uuid=net.UUIDString(), active=bool(net.isActive()),
+            persistent=bool(net.isPersistent()), autostart=bool(net.autostart()),
+            xml=net.XMLDesc(0))
+
+    async def list_networks(self) -> list[NetworkState]:
+        def work(conn: Any) -> list[NetworkState]:
+            out = []
+            for net in conn.listAllNetworks(0):
+                try:
+                    out.append(self._state(net))
+                except libvirt.libvirtError as exc:  # vanished while we listed it
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                        raise
+            return out
+        return await self._call(work)
+
+    async def get_network(self, name: str) -> NetworkState | None:
+        def work(conn: Any) -> NetworkState | None:
+            try:
+                return self._state(conn.networkLookupByName(name))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                    return None
+                raise
+        return await self._call(work)
+
+    async def network_xml(self, name: str, inactive: bool) -> str:
+        flags = libvirt.VIR_NETWORK_XML_INACTIVE if inactive else 0
+        return await self._call(lambda c: str(c.networkLookupByName(name).XMLDesc(flags)))
+
+    async def define(self, xml: str) -> None:
+        await self._call(lambda c: c.networkDefineXML(xml))
+
+    async def create(self, xml: str) -> None:
+        await self._call(lambda c: c.networkCreateXML(xml))
+
+    async def start(self, name: str) -> None:
+        await self._call(lambda c: c.networkLookupByName(name).create())
+
+    async def destroy(self, name: str) -> None:
+        await self._call(lambda c: c.networkLookupByName(name).destroy())
+
+    async def undefine(self, name: str) -> None:
+        await self._call(lambda c: c.networkLookupByName(name).undefine())
+
+    async def set_autostart(self, name: str, enabled: bool) -> None:
+        await self._call(lambda c: c.networkLookupByName(name).setAutostart(int(enabled)))
+
+    async def update(self, name: str, action: UpdateAction, section: UpdateSection,
+                     parent_index: int, xml: str, live: bool, config: bool) -> None:
+        flags = ((libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE if live else 0)
+                 | (libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG if config else 0))
+        command, sec = _COMMANDS[action], _SECTIONS[section]
+        await self._call(
+            lambda c: c.networkLookupByName(name).update(command, sec, parent_index, xml, flags))
