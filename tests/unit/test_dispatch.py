@@ -165,16 +165,16 @@ async def test_a_cancelled_waiter_does_not_leak_its_lock() -> None:
     await asyncio.sleep(0)
     waiter = asyncio.create_task(holder())
     await asyncio.sleep(0)
-    assert locks._locks["k"][1] == 2
+    assert locks._locks["k"].users == 2
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert locks._locks["k"][1] == 1
+    assert locks._locks["k"].users == 1
     release.set()
     await first
     assert locks._locks == {}
     async with locks.hold(["k"]):  # still usable afterwards
-        assert locks._locks["k"][1] == 1
+        assert locks._locks["k"].users == 1
 
 
 async def test_dispatcher_serialises_jobs_on_one_name(net: FakeNet, call: Caller) -> None:

@@ -11,6 +11,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -76,6 +77,9 @@ class CleanupSettings(_Section):
                                     description="Periodic sweep interval; 0 = no periodic sweep")
     tap_grace_seconds: float = Field(default=600, ge=0)
     bridge_grace_seconds: float = Field(default=600, ge=0)
+    lease_seconds: float = Field(
+        default=60, ge=1, le=86_400,
+        description="A device a job created or used is kept at least this long after the job")
     taps: bool = True
     bridges: bool = True
     networks: bool = True
@@ -145,7 +149,8 @@ def _mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    netloc = f"{parts.username}:****@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    host = parts.netloc.rsplit("@", 1)[1]  # as written: keeps [v6] brackets and the port
+    netloc = f"{parts.username}:****@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -166,6 +171,8 @@ def load_settings(path: str | Path | None) -> Settings:
             key = ".".join(str(x) for x in err["loc"])
             problems.append(f"{key}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+    except SettingsError as exc:  # an environment value that does not parse
+        raise ConfigError(f"invalid configuration from the environment: {exc}") from exc
     except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"cannot read {path}: {exc}") from exc
 

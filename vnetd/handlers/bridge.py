@@ -5,21 +5,34 @@ from __future__ import annotations
 from typing import Any
 
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
+from vnetd.contract.errors import Unsupported
 from vnetd.handlers.context import Context
 from vnetd.handlers.policy import require_kind
 from vnetd.handlers.views import bridge_table, view_of
 from vnetd.net.model import OWNER_ALIAS, BridgeOptions, Link, LinkChange
 
 
+def _same_timer(wanted: float, have: float) -> bool:
+    """The kernel keeps bridge timers in centiseconds, through jiffies: equal within 1 cs."""
+    return abs(round(wanted * 100) - round(have * 100)) <= 1
+
+
 def _bridge_changes(cmd: BridgeEnsure, link: Link) -> BridgeOptions:
-    current = link.bridge
-    def differs(wanted: Any, have: Any) -> Any:
-        return wanted if wanted is not None and (current is None or wanted != have) else None
+    have = link.bridge
+
+    def timer(wanted: float | None, current: float | None) -> float | None:
+        if wanted is None or (current is not None and _same_timer(wanted, current)):
+            return None
+        return wanted
+
+    def flag(wanted: bool | None, current: bool | None) -> bool | None:
+        return None if wanted is None or wanted == current else wanted
+
     return BridgeOptions(
-        stp=differs(cmd.stp, current.stp if current else None),
-        forward_delay=differs(cmd.forward_delay, current.forward_delay if current else None),
-        ageing_time=differs(cmd.ageing_time, current.ageing_time if current else None),
-        vlan_filtering=differs(cmd.vlan_filtering, current.vlan_filtering if current else None),
+        stp=flag(cmd.stp, have.stp if have else None),
+        forward_delay=timer(cmd.forward_delay, have.forward_delay if have else None),
+        ageing_time=timer(cmd.ageing_time, have.ageing_time if have else None),
+        vlan_filtering=flag(cmd.vlan_filtering, have.vlan_filtering if have else None),
     )
 
 
@@ -30,9 +43,12 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
     if link is None:
         # MTU is set after creation, not in RTM_NEWLINK: only a changed MTU counts as
         # "set by the user" for the kernel, which otherwise lowers it to the ports'.
-        await ctx.net.add_bridge(cmd.name, None, cmd.mac, BridgeOptions(
-            stp=cmd.stp, forward_delay=cmd.forward_delay, ageing_time=cmd.ageing_time,
-            vlan_filtering=cmd.vlan_filtering))
+        try:
+            await ctx.net.add_bridge(cmd.name, None, cmd.mac, BridgeOptions(
+                stp=cmd.stp, forward_delay=cmd.forward_delay, ageing_time=cmd.ageing_time,
+                vlan_filtering=cmd.vlan_filtering))
+        except Unsupported as exc:
+            raise _explain(exc, cmd) from exc
         link = await ctx.net.get_link(cmd.name)
         assert link is not None
         # Mark it ours before anything else; the kernel ignores an alias on creation.
@@ -49,7 +65,10 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
     )
     changed = not change.is_empty()
     if changed:
-        await ctx.net.set_link(link.index, change)
+        try:
+            await ctx.net.set_link(link.index, change)
+        except Unsupported as exc:
+            raise _explain(exc, cmd) from exc
         link = await ctx.net.get_link(cmd.name)
         assert link is not None
     return {**await view_of(ctx.net, link), "created": created, "changed": changed or created}
@@ -70,3 +89,12 @@ async def delete(cmd: BridgeDelete, ctx: Context) -> dict[str, Any]:
 async def list_(cmd: BridgeList, ctx: Context) -> dict[str, Any]:
     return {"bridges": bridge_table(await ctx.net.list_links())}
 
+
+
+def _explain(exc: Unsupported, cmd: BridgeEnsure) -> Unsupported:
+    if cmd.vlan_filtering:
+        return Unsupported(
+            f"bridge {cmd.name}: this kernel has no bridge VLAN filtering "
+            "(CONFIG_BRIDGE_VLAN_FILTERING); leave vlan_filtering unset or false",
+            name=cmd.name, feature="vlan_filtering", **exc.details)
+    return exc

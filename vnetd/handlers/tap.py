@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vnetd.contract.commands import TapDelete, TapEnsure
-from vnetd.contract.errors import Conflict
+from vnetd.contract.errors import Conflict, Forbidden
 from vnetd.handlers.context import Context
 from vnetd.handlers.policy import require_kind, require_link
 from vnetd.handlers.views import link_view
@@ -42,7 +42,7 @@ async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
     ctx.policy.check_protected(cmd.name, "create or change")
     bridge = await _target_bridge(cmd, ctx)  # checked before any side effect
     link = await ctx.net.get_link(cmd.name)
-    created = False
+    created = owner_changed = False
     if link is None:
         await ctx.net.add_tap(_spec(cmd))
         link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "tap")
@@ -56,11 +56,18 @@ async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
         require_kind(link, "tap")
         ctx.policy.require_owned(link, "change")
         _check_fixed_flags(cmd, link)
+        if bridge is not None and link.master not in (None, bridge.index):
+            current = await ctx.net.get_link_by_index(link.master)
+            if current is not None and not current.owned:
+                raise Forbidden(f"tap {cmd.name} is a port of {current.name}, which vnetd did "
+                                "not create; vnetd will not move it", name=cmd.name,
+                                master=current.name)
         tun = link.tun
         if tun is not None and (
                 (cmd.owner_uid is not None and tun.owner_uid != cmd.owner_uid)
                 or (cmd.group_gid is not None and tun.group_gid != cmd.group_gid)):
             await ctx.net.set_tap_owner(_spec(cmd))
+            owner_changed = True
     # A new TAP takes its bridge's MTU unless told otherwise (as libvirt does).
     mtu = cmd.mtu if cmd.mtu is not None else (bridge.mtu if created and bridge else None)
     change = LinkChange(
@@ -69,9 +76,10 @@ async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
         master=bridge.index if bridge is not None and link.master != bridge.index else None,
         up=cmd.up if cmd.up != link.up else None,
     )
-    changed = created or not change.is_empty()
     if not change.is_empty():
         await ctx.net.set_link(link.index, change)
+    changed = created or owner_changed or not change.is_empty()
+    if changed:
         link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "tap")
     master = bridge.name if bridge is not None and link.master == bridge.index else None
     if link.master is not None and master is None:

@@ -1,0 +1,121 @@
+"""Crashes: kill -9 between side effect and ack, and a poison message that kills every time.
+
+The daemon SIGKILLs itself at an exact step through VNETD_FAILPOINTS (see
+vnetd/amqp/failpoints.py), so each test hits the window it means to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import aio_pika
+import pytest
+
+from tests.support import netns as ns
+from tests.support.daemon import DaemonProcess
+from tests.support.rpc import RawRpc
+
+pytestmark = pytest.mark.integration
+
+
+async def _wait_dead(d: DaemonProcess, timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if not d.running:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"daemon {d.host_id} did not die")
+
+
+@pytest.mark.parametrize("point", ["after_effect", "before_ack"])
+async def test_kill9_between_effect_and_ack_converges_on_redelivery(
+        rpc: RawRpc, start_daemon: Any, netns: str, point: str) -> None:
+    d: DaemonProcess = await start_daemon(
+        netns=netns, env={"VNETD_FAILPOINTS": f"{point}:tap.ensure"})
+    assert (await rpc.call(d.host_id, "bridge.ensure", {"name": "br0"}))["ok"]
+    mid = str(uuid.uuid4())
+    call = asyncio.create_task(rpc.call(d.host_id, "tap.ensure", {"name": "tap0", "bridge": "br0"},
+                                        message_id=mid, timeout=60))
+    await _wait_dead(d)
+    assert d.returncode == -9
+    # The effect happened before the crash: the TAP exists, marked, attached.
+    k = ns.link(netns, "tap0")
+    assert k is not None and k["master"] == "br0" and k["ifalias"].startswith("vnetd:")
+
+    d.env.clear()
+    await d.start()
+    reply = await call  # after_effect: the only reply comes from the redelivery
+    assert reply["ok"] is True, reply
+    if point == "before_ack":
+        # The first reply went out before the crash; the redelivery answers again.
+        for _ in range(100):
+            if rpc.stray_replies:
+                break
+            await asyncio.sleep(0.05)
+        assert len(rpc.stray_replies) == 1
+        again = rpc.stray_replies[0].json()
+        assert again["ok"] is True and again["result"]["created"] is False
+    else:
+        assert reply["result"]["created"] is False  # converged on what the crash left
+    taps = [n for n in ns.links(netns) if n.startswith("tap")]
+    assert taps == ["tap0"]
+    # Acked now: nothing is redelivered after another restart.
+    await d.stop()
+    await d.start()
+    await asyncio.sleep(0.5)
+    assert rpc.stray_replies[1:] == []
+
+
+async def test_poison_message_is_dead_lettered_while_other_jobs_flow(
+        rpc: RawRpc, start_daemon: Any, netns: str, amqp_url: str) -> None:
+    limit = 2
+    d: DaemonProcess = await start_daemon(
+        netns=netns, amqp={"delivery_limit": limit},
+        env={"VNETD_FAILPOINTS": "after_effect:link.set"})
+    assert (await rpc.call(d.host_id, "tap.ensure", {"name": "p0", "up": False}))["ok"]
+    poison = str(uuid.uuid4())
+    await rpc.publish_no_reply(d.host_id, "link.set", {"name": "p0", "up": True},
+                               message_id=poison)
+    # Other jobs queued behind the poison message: every one must end with an ok reply.
+    others = [asyncio.create_task(rpc.call(d.host_id, "tap.ensure", {"name": f"ok{i}"},
+                                           timeout=90)) for i in range(20)]
+
+    restarts = 0
+
+    async def supervise() -> None:  # what systemd's Restart=on-failure does
+        nonlocal restarts
+        while True:
+            await asyncio.sleep(0.05)
+            if not d.running:
+                restarts += 1
+                # Not waiting for ready: the redelivered poison may kill it first.
+                await d.start(wait_ready=False)
+
+    supervisor = asyncio.create_task(supervise())
+    try:
+        replies = await asyncio.wait_for(asyncio.gather(*others), 120)
+        await asyncio.sleep(1.0)  # a late redelivery of the poison would kill it again
+        assert d.running
+    finally:
+        supervisor.cancel()
+    assert all(r["ok"] for r in replies)
+    assert all(ns.link(netns, f"ok{i}") is not None for i in range(20))
+    assert 1 <= restarts <= limit + 1, restarts
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        ch = await conn.channel()
+        dead = await ch.declare_queue("vnetd.dead", passive=True)
+        found = False
+        for _ in range(200):
+            msg = await dead.get(fail=False, no_ack=False)
+            if msg is None:
+                break
+            if msg.message_id == poison:
+                found = True
+                await msg.ack()
+                break
+            await msg.nack(requeue=True)
+        assert found, "the poison message is not in vnetd.dead"
+    finally:
+        await conn.close()
