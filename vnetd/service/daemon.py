@@ -22,6 +22,7 @@ from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
 from vnetd.service.component import Component
+from vnetd.service.events import event_components
 from vnetd.service.metrics import MetricsServer
 from vnetd.service.notify import Notifier
 from vnetd.service.watchdog import Watchdog
@@ -59,7 +60,8 @@ def build_components(rt: Runtime) -> list[Component]:
                             port=s.metrics.port, states=rt.dependency_states,
                             list_links=rt.net.list_links)
     rt.observers.append(metrics.observer)
-    return [watchdog, metrics, *_libvirt_components(rt)]
+    # Events first: they set ctx.events, which later components emit to.
+    return [watchdog, metrics, *event_components(rt), *_libvirt_components(rt)]
 
 
 def _libvirt_components(rt: Runtime) -> list[Component]:

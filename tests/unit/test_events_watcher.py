@@ -1,0 +1,230 @@
+"""The netlink watcher's logic on a fake socket: coalescing, diffs, overrun resync, snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from vnetd.net.model import Link
+from vnetd.net.monitor import Address, AddressEvent, Control, LinkEvent, Message, Overrun
+from vnetd.watchers.netlink import NetlinkWatcher
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str | None, dict[str, Any]]] = []
+
+    def emit(self, type: str, subject: str | None, data: dict[str, Any]) -> None:
+        self.events.append((type, subject, data))
+
+    def types(self) -> list[tuple[str, str | None]]:
+        return [(t, s) for t, s, _ in self.events]
+
+
+class FakeMonitor:
+    def __init__(self) -> None:
+        self.opens = 0
+        self.dumps: list[tuple[str, int]] = []
+        self.queue: list[Message] = []
+        self.overrun = False
+        self.seq = 0
+
+    async def open(self) -> int:
+        self.opens += 1
+        return 1000 + self.opens
+
+    def request_dump(self, what: Any) -> int:
+        self.seq += 1
+        self.dumps.append((what, self.seq))
+        return self.seq
+
+    def read(self, max_datagrams: int = 256) -> list[Message]:
+        if self.overrun:
+            self.overrun = False
+            raise Overrun("No buffer space available")
+        out, self.queue = self.queue, []
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def link(index: int, name: str, **kw: Any) -> Link:
+    base: dict[str, Any] = {"kind": "tap", "mtu": 1500, "mac": "02:00:00:00:00:0" + str(index),
+                            "up": False, "oper_state": "down", "carrier": False, "master": None,
+                            "alias": None}
+    base.update(kw)
+    return Link(index=index, name=name, **base)
+
+
+def new(lk: Link) -> LinkEvent:
+    return LinkEvent(False, lk)
+
+
+def gone(lk: Link) -> LinkEvent:
+    return LinkEvent(True, lk)
+
+
+def addr(index: int, ip: str = "10.0.0.1") -> Address:
+    return Address(index, "inet", ip, 24, 0, None)
+
+
+async def started(mon: FakeMonitor, sink: Sink, initial: list[Message]) -> NetlinkWatcher:
+    w = NetlinkWatcher(mon, sink, loop_reader=False)
+    start = asyncio.create_task(w.start())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    finish_dump(w, mon, initial)
+    await asyncio.wait_for(start, 1)
+    return w
+
+
+def finish_dump(w: NetlinkWatcher, mon: FakeMonitor, links: list[Message],
+                addrs: list[Message] | None = None) -> None:
+    what, seq = mon.dumps[-1]
+    assert what == "link"
+    w.feed([*links, Control("done", seq)])
+    what, seq = mon.dumps[-1]
+    assert what == "addr"
+    w.feed([*(addrs or []), Control("done", seq)])
+
+
+async def test_start_fills_the_view_without_events() -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [new(link(1, "lo", kind="loopback")), new(link(2, "t0"))])
+    assert sink.events == []
+    assert set(w.links) == {1, 2}
+    assert w.state == "synced"
+
+
+async def test_changes_added_changed_removed_and_duplicates_coalesce() -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [new(link(1, "lo", kind="loopback"))])
+    t = link(5, "tap0")
+    w.feed([new(t), new(t)])  # the kernel often says it twice
+    assert sink.types() == [("link.added", "tap0")]
+    w.feed([new(t)])
+    assert len(sink.events) == 1  # nothing changed: no event
+    w.feed([new(link(5, "tap0", up=True)), new(link(5, "tap0", up=True, mtu=1400))])
+    (_, _, data) = sink.events[-1]
+    assert len(sink.events) == 2  # one batch, one event
+    assert data["changes"] == ["state", "mtu"]
+    assert data["previous"] == {"state": "down", "mtu": 1500}
+    assert data["state"] == "up" and data["mtu"] == 1400
+
+    w.feed([new(link(7, "br0", kind="bridge"))])
+    w.feed([new(link(5, "tap0", up=True, mtu=1400, master=7))])
+    (_, _, data) = sink.events[-1]
+    assert data["changes"] == ["master"]
+    assert data["master"] == "br0"
+    assert data["previous"] == {"master": None}
+
+    w.feed([new(link(5, "tap0", up=True, mtu=1400, master=7, alias="vnetd:v1"))])
+    assert sink.events[-1][2]["changes"] == ["alias", "owned"]
+
+    w.feed([AddressEvent(False, addr(5))])
+    assert sink.types()[-1] == ("address.added", "tap0")
+    assert sink.events[-1][2] == {"interface": "tap0", "index": 5, "family": "inet",
+                                  "address": "10.0.0.1", "prefixlen": 24, "scope": "global"}
+    w.feed([gone(link(5, "tap0"))])
+    assert sink.types()[-2:] == [("address.removed", "tap0"), ("link.removed", "tap0")]
+    assert sink.events[-1][2]["index"] == 5
+
+
+async def test_created_and_deleted_in_one_batch_gives_nothing() -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [])
+    w.feed([new(link(9, "x")), gone(link(9, "x"))])
+    assert sink.events == []
+
+
+async def test_overrun_reopens_dumps_and_publishes_the_difference() -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [new(link(1, "lo", kind="loopback")), new(link(2, "a")),
+                                  new(link(3, "b"))])
+    mon.overrun = True
+    w.on_readable()
+    assert w.overruns == 1
+    assert w.state == "resyncing"
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert mon.opens == 2
+    # During the dump: a notification for a link deleted before it was dumped,
+    # one created in the dumped range, and the dump itself.
+    seq = mon.dumps[-1][1]
+    w.feed([new(link(1, "lo", kind="loopback")), new(link(2, "a", mtu=9000)),
+            new(link(8, "c")), gone(link(8, "c")), new(link(9, "d")),
+            Control("done", seq)])
+    assert sink.events == []  # nothing until the dump is complete
+    w.feed([AddressEvent(False, addr(9)), Control("done", mon.dumps[-1][1])])
+    types = sink.types()
+    assert types == [("link.changed", "a"), ("link.added", "d"), ("address.added", "d"),
+                     ("link.removed", "b"), ("host.resync", None)]
+    resync = sink.events[-1][2]
+    assert resync["reason"] == "netlink_overrun"
+    assert resync["changes"] == 4
+    assert resync["links"] == 3
+    assert resync["overruns"] == 1
+    assert w.state == "synced"
+
+
+async def test_interrupted_dump_is_taken_again() -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [])
+    w.request_resync("test")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    seq = mon.dumps[-1][1]
+    w.feed([new(link(2, "a")), Control("done", seq, interrupted=True)])
+    assert mon.dumps[-1] == ("link", seq + 1)
+    finish_dump(w, mon, [new(link(2, "a"))])
+    assert sink.types() == [("link.added", "a"), ("host.resync", None)]
+
+
+async def test_overrun_during_start_still_starts_without_events() -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = NetlinkWatcher(mon, sink, loop_reader=False)
+    start = asyncio.create_task(w.start())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    mon.overrun = True
+    w.on_readable()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    finish_dump(w, mon, [new(link(2, "a"))])
+    await asyncio.wait_for(start, 1)
+    assert sink.events == []
+    assert w.overruns == 1
+
+
+async def test_snapshot_provider_reads_view_and_position_together() -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [new(link(1, "lo", kind="loopback")), new(link(3, "br0",
+                                                                              kind="bridge"))],)
+    w._fd = 1  # as if the loop were reading it
+    mon.queue = [new(link(4, "tap0", master=3))]  # queued, not yet read
+    provide = w.snapshot_provider(lambda: {"epoch": "e", "sequence": len(sink.events)})
+    snap = await provide()
+    # the queued change was drained first: the event exists and the snapshot includes it
+    assert sink.types() == [("link.added", "tap0")]
+    assert snap["events"] == {"epoch": "e", "sequence": 1}
+    assert [x["name"] for x in snap["links"]] == ["lo", "br0", "tap0"]
+    assert snap["links"][2]["master"] == "br0"
+    assert snap["addresses"] == []
+
+
+@pytest.mark.parametrize("reason", ["broker_reconnect"])
+async def test_requested_resync_with_no_difference_still_reports(reason: str) -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [new(link(2, "a"))])
+    w.request_resync(reason)
+    w.request_resync(reason)  # a second request while one is under way: covered by it
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert mon.opens == 2
+    finish_dump(w, mon, [new(link(2, "a"))])
+    assert sink.events == [("host.resync", None, sink.events[0][2])]
+    assert sink.events[0][2]["reason"] == reason
+    assert sink.events[0][2]["changes"] == 0

@@ -1,0 +1,181 @@
+"""Publishes the bus's events to the `vnetd.events` topic exchange, in order.
+
+Its own channel with publisher confirms; `mandatory` off (an event nobody
+subscribed to is not an error). Confirms are pipelined: up to `window`
+publishes are in flight, each written as soon as it is taken, confirmed in the
+background. An event leaves the bus only when the broker confirmed it; when a
+publish fails (broker gone, channel closed, nack) every unconfirmed event goes
+back to the head of the bus, the publisher waits for the robust connection to
+come back, tells its reconnect listeners (the netlink watcher resyncs), and
+publishes them again in their order. Duplicates are possible after such a
+failure (the broker may have routed a message whose confirm was lost); never a
+reordering within what is delivered once, and never a silent loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from vnetd import metrics
+from vnetd.events.bus import EventBus
+from vnetd.events.cloudevents import CONTENT_TYPE, Event, encode, event_id, routing_key
+
+log = structlog.get_logger("vnetd.events")
+
+RETRY_SECONDS = 0.5
+PUBLISH_TIMEOUT = 30.0
+
+
+class EventPublisher:
+    name = "events.publisher"
+
+    def __init__(self, bus: EventBus, connection: AbstractRobustConnection, exchange: str,
+                 *, window: int = 512, flush_timeout: float = 5.0) -> None:
+        self.bus = bus
+        self.connection = connection
+        self.exchange_name = exchange
+        self.window = window
+        self.flush_timeout = flush_timeout
+        self.on_reconnect: list[Callable[[], None]] = []
+        """Called after publishing resumed following a failure (broker reconnect)."""
+        self.state = "disconnected"
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: deque[tuple[Event, asyncio.Task[object]]] = deque()
+        self._space = asyncio.Event()
+        self._failed = False
+
+    async def start(self) -> None:
+        self._channel = await self.connection.channel(publisher_confirms=True)
+        self._exchange = await self._channel.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        self.state = "connected"
+        self._task = asyncio.create_task(self._run(), name="events.publisher")
+
+    async def stop(self) -> None:
+        """Flush what is buffered (bounded by flush_timeout), then close the channel."""
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self.bus.wait_drained(), self.flush_timeout)
+            except TimeoutError:
+                log.warning("events_flush_timeout", left=self.bus.buffered)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _, task in self._inflight:
+            task.cancel()
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        self.state = "disconnected"
+
+    # ------------------------------------------------------------ the pump
+    async def _run(self) -> None:
+        while True:
+            await self.bus.wait()
+            if self._failed:
+                await self._recover()
+                continue
+            if not self.bus.pending:
+                continue
+            room = self.window - len(self._inflight)
+            if room <= 0:
+                self._space.clear()
+                await self._space.wait()
+                continue
+            for event in self.bus.take(room):
+                task: asyncio.Task[object] = asyncio.create_task(self._publish(event))
+                task.add_done_callback(self._on_done)
+                self._inflight.append((event, task))
+            # Let the publishes just created write their frames before taking more.
+            await asyncio.sleep(0)
+
+    async def _publish(self, event: Event) -> object:
+        assert self._exchange is not None
+        body = encode(event, self.bus.host_id, self.bus.epoch)
+        message = aio_pika.Message(
+            body,
+            content_type=CONTENT_TYPE,
+            message_id=event_id(self.bus.epoch, event.sequence),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        return await self._exchange.publish(
+            message, routing_key(self.bus.host_id, event.type), mandatory=False,
+            timeout=PUBLISH_TIMEOUT)
+
+    def _on_done(self, _task: asyncio.Task[object]) -> None:
+        # Settle strictly from the head so events leave the bus in order.
+        ok = 0
+        while self._inflight and self._inflight[0][1].done():
+            event, task = self._inflight[0]
+            if task.cancelled() or task.exception() is not None:
+                if not self._failed:
+                    self._failed = True
+                    self.state = "reconnecting"
+                    exc = None if task.cancelled() else task.exception()
+                    log.warning("events_publish_failed", error=repr(exc),
+                                sequence=event.sequence, buffered=self.bus.buffered)
+                    self.bus.kick()  # wake the pump to recover
+                break
+            self._inflight.popleft()
+            ok += 1
+            metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
+        if ok:
+            self.bus.confirmed(ok)
+        self._space.set()
+
+    async def _recover(self) -> None:
+        """Wait for every publish in flight, give the failed back, wait for the broker."""
+        if self._inflight:
+            await asyncio.wait([t for _, t in self._inflight])
+        failed: list[Event] = []
+        ok = 0
+        while self._inflight:
+            event, task = self._inflight.popleft()
+            if task.cancelled() or task.exception() is not None:
+                failed.append(event)
+            elif failed:
+                # Confirmed after an earlier one failed: publish it again too, so
+                # that order is kept (a duplicate, which subscribers drop by sequence).
+                failed.append(event)
+            else:
+                ok += 1
+                metrics.EVENTS_PUBLISHED.labels(type=event.type).inc()
+        if ok:
+            self.bus.confirmed(ok)
+        self.bus.give_back(failed)
+        while True:
+            try:
+                await self._ready()
+                break
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                log.info("events_waiting_for_broker", error=repr(exc))
+                await asyncio.sleep(RETRY_SECONDS)
+        self._failed = False
+        self.state = "connected"
+        log.info("events_publishing_resumed", buffered=self.bus.buffered)
+        for callback in self.on_reconnect:
+            try:
+                callback()
+            except Exception:
+                log.exception("events_reconnect_listener_failed")
+
+    async def _ready(self) -> None:
+        assert self._channel is not None
+        ready = getattr(self._channel, "ready", None)
+        if ready is not None:
+            await ready()
+        if self._channel.is_closed:
+            # A channel the broker closed (not the connection): open a new one.
+            self._channel = await self.connection.channel(publisher_confirms=True)
+        self._exchange = await self._channel.declare_exchange(
+            self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)

@@ -1,0 +1,48 @@
+"""Wiring of the event stream: bus, publisher, netlink watcher, lifecycle, job events.
+
+Called from build_components(); sets ctx.events so every producer (handlers,
+libvirt watcher, cleanup) can `ctx.events.emit(type, subject, data)`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vnetd.events.bus import EventBus
+from vnetd.events.commands import CommandEvents
+from vnetd.events.heartbeat import HostLifecycle
+from vnetd.events.publisher import EventPublisher
+from vnetd.net.monitor import MonitorSocket
+from vnetd.service.component import Component
+from vnetd.watchers.netlink import NetlinkWatcher
+
+if TYPE_CHECKING:
+    from vnetd.service.daemon import Runtime
+
+
+def event_components(rt: Runtime) -> list[Component]:
+    s = rt.settings
+    if not s.events.enabled:
+        return []
+    bus = EventBus(s.host_id, s.events.buffer_size)
+    publisher = EventPublisher(bus, rt.connection, s.events.exchange)
+    watcher = NetlinkWatcher(MonitorSocket(s.netlink.netns or None, s.netlink.rcvbuf_bytes), bus)
+    publisher.on_reconnect.append(lambda: watcher.request_resync("broker_reconnect"))
+
+    def health() -> dict[str, Any]:
+        components = rt.ctx.components()
+        degraded = any(v not in ("connected", "disabled") for v in components.values())
+        return {
+            "status": "degraded" if degraded else "healthy",
+            "components": components,
+            "netlink": {"state": watcher.state, "links": len(watcher.links),
+                        "overruns": watcher.overruns, "resyncs": watcher.resyncs},
+        }
+
+    lifecycle = HostLifecycle(bus, s.events.heartbeat_seconds, rt.ctx.version, health)
+    rt.ctx.events = bus
+    rt.ctx.extras["events"] = bus
+    rt.ctx.extras.setdefault("snapshot_providers", []).append(
+        watcher.snapshot_provider(lambda: {"epoch": bus.epoch, "sequence": bus.sequence}))
+    rt.observers.append(CommandEvents(bus))
+    return [publisher, watcher, lifecycle]

@@ -1,0 +1,406 @@
+"""The netlink watcher: the kernel's links and addresses as events.
+
+Keeps a view of every link and address of the target namespace, fed by its
+own subscribed netlink socket (net/monitor.py). Each batch of notifications
+read from the socket is applied to the view, then every object the batch
+touched is compared with its state before the batch: one event per object
+that really changed (the kernel's duplicate notifications coalesce to one
+event, or none). `link.changed` carries what changed and the previous values.
+
+Loss: on ENOBUFS (or a broker reconnect, or an explicit request) the watcher
+reopens its socket, dumps links and addresses on it (the answers arrive in
+order with the notifications, so applying everything in order gives an exact
+table), diffs against the view, emits the missing changes as ordinary events
+and then `host.resync`.
+
+Only the socket's readable callback and one resync task do any work; emit
+never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import structlog
+
+from vnetd import metrics
+from vnetd.contract.events import EventSink
+from vnetd.handlers.views import link_view
+from vnetd.net.model import Link
+from vnetd.net.monitor import (
+    Address,
+    AddressEvent,
+    Control,
+    LinkEvent,
+    Message,
+    Overrun,
+)
+
+log = structlog.get_logger("vnetd.watchers.netlink")
+
+AddrKey = tuple[int, str, str, int]
+SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
+# (Link attribute, name in the event's data); order = order of `changes`.
+TRACKED = (("name", "name"), ("kind", "kind"), ("up", "state"), ("oper_state", "oper_state"),
+           ("carrier", "carrier"), ("mtu", "mtu"), ("mac", "mac"), ("master", "master"),
+           ("alias", "alias"), ("bridge", "bridge"), ("tun", "tap"))
+MAX_DATAGRAMS_PER_WAKEUP = 256
+RESYNC_RETRY_SECONDS = 0.05
+
+
+class Monitor(Protocol):
+    """What the watcher needs of its socket (net.monitor.MonitorSocket)."""
+
+    async def open(self) -> int: ...
+    def request_dump(self, what: Any) -> int: ...
+    def read(self, max_datagrams: int = ...) -> list[Message]: ...
+    def close(self) -> None: ...
+
+
+def address_data(addr: Address, interface: str | None) -> dict[str, Any]:
+    return {
+        "interface": interface,
+        "index": addr.index,
+        "family": addr.family,
+        "address": addr.address,
+        "prefixlen": addr.prefixlen,
+        "scope": SCOPES.get(addr.scope, str(addr.scope)),
+    }
+
+
+def link_changes(before: Link, after: Link) -> list[str]:
+    changes = [key for attr, key in TRACKED if getattr(before, attr) != getattr(after, attr)]
+    if before.owned != after.owned:
+        changes.append("owned")
+    return changes
+
+
+class _Batch:
+    """What one batch of notifications touched: the state of each object before it."""
+
+    __slots__ = ("addrs", "links", "names")
+
+    def __init__(self) -> None:
+        self.links: dict[int, Link | None] = {}
+        self.addrs: dict[AddrKey, Address | None] = {}
+        self.names: dict[int, str] = {}
+        """Names of links removed in this batch (for the events that follow)."""
+
+
+class NetlinkWatcher:
+    name = "watcher.netlink"
+
+    def __init__(self, monitor: Monitor, sink: EventSink, *,
+                 loop_reader: bool = True) -> None:
+        self.monitor = monitor
+        self.sink = sink
+        self.links: dict[int, Link] = {}
+        self.addrs: dict[AddrKey, Address] = {}
+        self.overruns = 0
+        self.resyncs = 0
+        self.state = "stopped"
+        self._loop_reader = loop_reader
+        self._fd: int | None = None
+        self._batch = _Batch()
+        self._synced = asyncio.Event()
+        self._resync_reason: str | None = None
+        self._resync_task: asyncio.Task[None] | None = None
+        self._dump_seq: int | None = None
+        self._dump_what: str | None = None
+        self._dump_interrupted = False
+        self._next_links: dict[int, Link] = {}
+        self._next_addrs: dict[AddrKey, Address] = {}
+        self._resync_started = 0.0
+        self._first_sync = True
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Open, dump, fill the view (no events for what already exists)."""
+        self.request_resync("start")
+        await self.wait_synced()
+
+    async def stop(self) -> None:
+        self.state = "stopped"
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync_task
+        self._remove_reader()
+        self.monitor.close()
+
+    async def wait_synced(self) -> None:
+        await self._synced.wait()
+
+    # ------------------------------------------------------------ resync
+    def request_resync(self, reason: str) -> None:
+        """Reopen the socket, dump, diff, publish the differences and host.resync."""
+        if self.state == "stopped" and reason != "start":
+            return
+        if self._resync_reason is not None:
+            return  # one is already under way (its dump starts after this loss)
+        self._resync_reason = reason
+        self._synced.clear()
+        self.state = "resyncing"
+        self._resync_task = asyncio.create_task(self._reopen(), name="watcher.netlink.resync")
+
+    async def _reopen(self) -> None:
+        self._remove_reader()
+        while True:
+            try:
+                fd = await self.monitor.open()
+                break
+            except OSError as exc:
+                log.warning("netlink_watcher_open_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+        self._fd = fd
+        self._resync_started = time.perf_counter()
+        self._begin_dump("link")
+        if self._loop_reader:
+            asyncio.get_running_loop().add_reader(fd, self.on_readable)
+
+    def _begin_dump(self, what: str) -> None:
+        if what == "link":
+            self._next_links, self._next_addrs = {}, {}
+        self._dump_what = what
+        self._dump_interrupted = False
+        self._dump_seq = self.monitor.request_dump(what)
+
+    def _remove_reader(self) -> None:
+        if self._fd is not None and self._loop_reader:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._fd)
+        self._fd = None
+
+    # ------------------------------------------------------------ reading
+    def on_readable(self) -> None:
+        """The socket has data: read what is there, apply, emit. Never raises."""
+        self._read_once()
+
+    def _read_once(self) -> int:
+        """One read-and-apply round; returns how many messages it handled (-1: lost)."""
+        try:
+            msgs = self.monitor.read(MAX_DATAGRAMS_PER_WAKEUP)
+        except Overrun:
+            self.overruns += 1
+            metrics.NETLINK_OVERRUNS.inc()
+            log.warning("netlink_overrun", overruns=self.overruns,
+                        during_resync=self._dump_seq is not None)
+            self._restart_resync("netlink_overrun")
+            return -1
+        except OSError as exc:
+            log.warning("netlink_watcher_read_failed", error=str(exc))
+            self._restart_resync("netlink_error")
+            return -1
+        try:
+            self.feed(msgs)
+        except Exception:
+            log.exception("netlink_watcher_failed")
+            self._restart_resync("watcher_error")
+            return -1
+        return len(msgs)
+
+    def _restart_resync(self, reason: str) -> None:
+        # Whatever this socket still held is lost with it: the dump that follows
+        # re-reads the kernel, and the diff against the view publishes the rest.
+        self._batch = _Batch()
+        self._dump_seq = None
+        self._resync_reason = None
+        if self._first_sync:
+            reason = "start"
+        self.request_resync(reason)
+
+    def feed(self, msgs: list[Message]) -> None:
+        """Apply decoded messages in order (the unit-testable core)."""
+        for msg in msgs:
+            if self._dump_seq is not None:
+                self._feed_resync(msg)
+            elif isinstance(msg, LinkEvent):
+                self._apply_link(msg)
+            elif isinstance(msg, AddressEvent):
+                self._apply_addr(msg)
+        self._flush()
+
+    def drain(self) -> None:
+        """Process everything queued on the socket now (before a snapshot is taken)."""
+        for _ in range(1000):
+            if self._fd is None or self._dump_seq is not None or self.state != "synced":
+                return
+            if self._read_once() <= 0:
+                return
+
+    # ------------------------------------------------------------ live updates
+    def _apply_link(self, msg: LinkEvent) -> None:
+        link = msg.link
+        idx = link.index
+        batch = self._batch
+        if idx not in batch.links:
+            batch.links[idx] = self.links.get(idx)
+        if msg.deleted:
+            gone = self.links.pop(idx, None)
+            if gone is not None:
+                batch.names[idx] = gone.name
+                for key in [k for k in self.addrs if k[0] == idx]:
+                    if key not in batch.addrs:
+                        batch.addrs[key] = self.addrs[key]
+                    del self.addrs[key]
+        else:
+            self.links[idx] = link
+
+    def _apply_addr(self, msg: AddressEvent) -> None:
+        addr = msg.address
+        key = addr.key
+        batch = self._batch
+        if key not in batch.addrs:
+            batch.addrs[key] = self.addrs.get(key)
+        if msg.deleted:
+            self.addrs.pop(key, None)
+        elif addr.index in self.links:
+            self.addrs[key] = addr
+
+    def _name(self, index: int | None, names: dict[int, str]) -> str | None:
+        if index is None:
+            return None
+        link = self.links.get(index)
+        return link.name if link is not None else names.get(index)
+
+    def _view(self, link: Link, names: dict[int, str]) -> dict[str, Any]:
+        return link_view(link, self._name(link.master, names))
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch.links and not batch.addrs:
+            return
+        self._batch = _Batch()
+        self._emit_diff(batch.links, batch.addrs, batch.names)
+
+    def _emit_diff(self, links: dict[int, Link | None], addrs: dict[AddrKey, Address | None],
+                   names: dict[int, str]) -> int:
+        """Events for every object whose state differs from `links`/`addrs` (before)."""
+        emit = self.sink.emit
+        count = 0
+        removed: list[Link] = []
+        for idx, before in links.items():
+            after = self.links.get(idx)
+            if after is None:
+                if before is not None:
+                    removed.append(before)
+                continue
+            if before is None:
+                emit("link.added", after.name, self._view(after, names))
+                count += 1
+                continue
+            changes = link_changes(before, after)
+            if changes:
+                data = self._view(after, names)
+                old = self._view(before, names)
+                data["changes"] = changes
+                data["previous"] = {k: old[k] for k in changes if k in old}
+                emit("link.changed", after.name, data)
+                count += 1
+        for key, prev in addrs.items():
+            now = self.addrs.get(key)
+            if (now is None) == (prev is None):
+                continue  # unchanged, or came and went within the batch
+            addr = now or prev
+            assert addr is not None
+            name = self._name(addr.index, names)
+            emit("address.added" if now is not None else "address.removed", name,
+                 address_data(addr, name))
+            count += 1
+        for before in removed:
+            emit("link.removed", before.name, self._view(before, names))
+            count += 1
+        return count
+
+    # ------------------------------------------------------------ resync (dump) mode
+    def _feed_resync(self, msg: Message) -> None:
+        if isinstance(msg, LinkEvent):
+            if msg.deleted:
+                self._next_links.pop(msg.link.index, None)
+                for key in [k for k in self._next_addrs if k[0] == msg.link.index]:
+                    del self._next_addrs[key]
+            else:
+                self._next_links[msg.link.index] = msg.link
+        elif isinstance(msg, AddressEvent):
+            if msg.deleted:
+                self._next_addrs.pop(msg.address.key, None)
+            else:
+                self._next_addrs[msg.address.key] = msg.address
+        elif isinstance(msg, Control) and msg.seq == self._dump_seq:
+            if msg.kind == "interrupted":
+                self._dump_interrupted = True
+            elif msg.kind == "error":
+                log.warning("netlink_dump_failed", what=self._dump_what, errno=msg.error)
+                self._begin_dump("link")
+            elif msg.interrupted or self._dump_interrupted:
+                # NLM_F_DUMP_INTR: the table changed while it was dumped; take it again.
+                self._begin_dump("link")
+            elif self._dump_what == "link":
+                self._begin_dump("addr")
+            else:
+                self._finish_resync()
+
+    def _finish_resync(self) -> None:
+        reason = self._resync_reason or "unknown"
+        self._dump_seq = None
+        self._resync_reason = None
+        before_links: dict[int, Link | None] = dict(self.links)
+        before_addrs: dict[AddrKey, Address | None] = dict(self.addrs)
+        names = {idx: link.name for idx, link in self.links.items()}
+        self.links = self._next_links
+        self.addrs = {k: a for k, a in self._next_addrs.items() if k[0] in self.links}
+        self._next_links, self._next_addrs = {}, {}
+        for idx in self.links:
+            before_links.setdefault(idx, None)
+        for key in self.addrs:
+            before_addrs.setdefault(key, None)
+        took = time.perf_counter() - self._resync_started
+        if self._first_sync:
+            self._first_sync = False
+            changes = 0
+        else:
+            ordered = dict(sorted(before_links.items()))
+            changes = self._emit_diff(ordered, before_addrs, names)
+            self.resyncs += 1
+            metrics.RESYNCS.labels(reason=reason).inc()
+            self.sink.emit("host.resync", None, {
+                "reason": reason,
+                "changes": changes,
+                "links": len(self.links),
+                "addresses": len(self.addrs),
+                "overruns": self.overruns,
+                "message": "state re-read from the kernel; the events before this one "
+                           "brought the view up to date",
+            })
+        self.state = "synced"
+        self._synced.set()
+        log.info("netlink_synced", reason=reason, changes=changes, links=len(self.links),
+                 addresses=len(self.addrs), took_ms=round(took * 1000, 1))
+
+    # ------------------------------------------------------------ snapshot
+    def snapshot_provider(self, position: Callable[[], dict[str, Any]]
+                          ) -> Callable[[], Awaitable[dict[str, Any]]]:
+        """For host.snapshot: links and addresses from the view, with the stream position.
+
+        The view and the position are read together on the event loop after
+        draining the socket, so every event up to `sequence` is in the view and
+        every later change comes with a larger sequence.
+        """
+        async def provide() -> dict[str, Any]:
+            for _ in range(100):
+                await self.wait_synced()
+                self.drain()
+                if self._synced.is_set():
+                    break
+            names: dict[int, str] = {}
+            return {
+                "links": [self._view(link, names) for _, link in sorted(self.links.items())],
+                "addresses": [address_data(a, self._name(a.index, names))
+                              for _, a in sorted(self.addrs.items())],
+                "events": position(),
+            }
+        return provide
