@@ -1,0 +1,202 @@
+"""Turns Results into bench/results/latest.json, latest.md and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from bench.runner import Results
+
+GOALS = [
+    # (id, text, numerator way, denominator way, scenario, threshold)
+    ("e2e_vs_noop", "plug end to end, 64 in flight, vs the no-op responder", "vnetd jobs x64",
+     "no-op responder x64", "plug", 0.8),
+    ("e2e_vs_subprocess", "plug end to end, 64 in flight, vs the subprocess way",
+     "vnetd jobs x64", "ip per step (subprocess)", "plug", 3.0),
+    ("batch_vs_ip_batch", "plug through one batch job vs `ip -batch`", "vnetd one batch",
+     "ip -batch", "plug", 0.9),
+]
+
+
+def medians(res: Results) -> dict[tuple[str, str, int], dict[str, float]]:
+    """Per (scenario, way, n): median ops/s, p50 and p99 over the repetitions."""
+    groups: dict[tuple[str, str, int], list[Any]] = defaultdict(list)
+    for r in res.runs:
+        groups[(r.scenario, r.way, r.n)].append(r)
+    out: dict[tuple[str, str, int], dict[str, float]] = {}
+    for key, runs in groups.items():
+        entry: dict[str, float] = {
+            "ops_per_s": statistics.median(r.ops_per_s for r in runs), "reps": len(runs)}
+        p50 = [r.percentile(50) for r in runs if r.latencies_ms and len(r.latencies_ms) > 1]
+        p99 = [r.percentile(99) for r in runs if r.latencies_ms and len(r.latencies_ms) > 1]
+        if p50:
+            entry["p50_ms"] = statistics.median(p50)
+            entry["p99_ms"] = statistics.median(p99)
+        out[key] = entry
+    return out
+
+
+def goals(res: Results, med: dict[tuple[str, str, int], dict[str, float]]) -> list[dict[str, Any]]:
+    out = []
+    sizes = sorted({r.n for r in res.runs})
+    for gid, text, num, den, scen, thr in GOALS:
+        for n in sizes:
+            a, b = med.get((scen, num, n)), med.get((scen, den, n))
+            if a is None or b is None or not b["ops_per_s"]:
+                continue
+            ratio = a["ops_per_s"] / b["ops_per_s"]
+            out.append({"goal": gid, "text": text, "n": n, "target": thr,
+                        "ratio": round(ratio, 2), "met": ratio >= thr,
+                        "numerator_ops_per_s": round(a["ops_per_s"], 1),
+                        "denominator_ops_per_s": round(b["ops_per_s"], 1)})
+    for s in res.scale:
+        if s["existing_links"] == 10000:
+            out.append({"goal": "ready_10k", "text": "start to READY with 10,000 interfaces",
+                        "target": "< 3 s", "value": s["ready_s"], "met": s["ready_s"] < 3})
+        out.append({"goal": f"rss_{s['existing_links']}",
+                    "text": f"resident memory with {s['existing_links']} interfaces",
+                    "target": "< 100 MB", "value": s["rss_mb"], "met": s["rss_mb"] < 100})
+    out.append({"goal": "event_p99", "text": "event latency p99 at 1,000 changes/s",
+                "target": "< 5 ms", "value": None, "met": None,
+                "note": res.unavailable.get("events", "")})
+    return out
+
+
+def write(res: Results, out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    med = medians(res)
+    gl = goals(res, med)
+    data = {
+        "mode": res.mode, "meta": res.meta, "goals": gl, "unavailable": res.unavailable,
+        "notes": res.notes,
+        "medians": [{"scenario": k[0], "way": k[1], "n": k[2],
+                     **{kk: round(v, 3) for kk, v in e.items()}} for k, e in sorted(med.items())],
+        "runs": [r.summary() for r in res.runs],
+        "scale": res.scale,
+    }
+    (out_dir / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out_dir / "latest.md").write_text(markdown(data))
+    try:
+        plots(data, out_dir)
+    except ImportError:
+        data["notes"].append("matplotlib is not installed: no plots")
+    return data
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    m = data["meta"]
+    lines = [
+        f"# vnetd benchmark ({data['mode']} mode)",
+        "",
+        f"Commit {m.get('commit')}{' (with uncommitted changes)' if m.get('dirty') else ''}, "
+        f"kernel {m.get('kernel')}, {m.get('cpus')} CPUs, started {m.get('started')}; "
+        f"load average at start {_fmt(m['loadavg_start'][0], 2)}, at end "
+        f"{_fmt(m.get('loadavg_end', [None])[0], 2)}; {m.get('seconds')} s. "
+        "The machine is shared with other engineers' test runs: only ratios of figures "
+        "measured side by side in this run mean anything; medians over the repetitions.",
+        "",
+        "## Goals",
+        "",
+        "| goal | N | target | measured | met |",
+        "|---|---|---|---|---|",
+    ]
+    for g in data["goals"]:
+        if "ratio" in g:
+            measured = (f"{g['ratio']}x ({_fmt(g['numerator_ops_per_s'])} vs "
+                        f"{_fmt(g['denominator_ops_per_s'])} ops/s)")
+            lines.append(f"| {g['text']} | {g['n']} | >= {g['target']}x | {measured} | "
+                         f"{'yes' if g['met'] else 'NO'} |")
+        else:
+            met = "-" if g["met"] is None else ("yes" if g["met"] else "NO")
+            value = g.get("note") if g["value"] is None else g["value"]
+            lines.append(f"| {g['text']} | | {g['target']} | {value} | {met} |")
+    for scenario in ("plug", "unplug"):
+        rows = [r for r in data["medians"] if r["scenario"] == scenario]
+        if not rows:
+            continue
+        lines += ["", f"## {scenario.capitalize()}: N TAPs "
+                  f"{'created and attached' if scenario == 'plug' else 'deleted'}", "",
+                  "| N | way | ops/s | p50 ms | p99 ms | reps |", "|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["n"], -r["ops_per_s"])):
+            lines.append(f"| {r['n']} | {r['way']} | {_fmt(r['ops_per_s'])} | "
+                         f"{_fmt(r.get('p50_ms'), 2)} | {_fmt(r.get('p99_ms'), 2)} | "
+                         f"{int(r['reps'])} |")
+    if data["scale"]:
+        lines += ["", "## Scale: existing interfaces", "",
+                  "| existing links | start to READY s | host.snapshot ms | links in snapshot "
+                  "| RSS MB | peak RSS MB |", "|---|---|---|---|---|---|"]
+        for s in data["scale"]:
+            lines.append(f"| {s['existing_links']} | {s['ready_s']} | {s['snapshot_ms']} | "
+                         f"{s['snapshot_links']} | {s['rss_mb']} | {s['peak_rss_mb']} |")
+    lines += ["", "## Not measured", ""]
+    for k, v in data["unavailable"].items():
+        lines.append(f"- {k}: {v}")
+    if data["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in data["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plots(data: dict[str, Any], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for scenario in ("plug", "unplug"):
+        rows = [r for r in data["medians"] if r["scenario"] == scenario]
+        if not rows:
+            continue
+        by_way: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            by_way[r["way"]].append(r)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+        for way, rs in sorted(by_way.items()):
+            rs.sort(key=lambda r: r["n"])
+            ax1.plot([r["n"] for r in rs], [r["ops_per_s"] for r in rs], marker="o", label=way)
+            lat = [r for r in rs if r.get("p99_ms") is not None]
+            if lat:
+                ax2.plot([r["n"] for r in lat], [r["p50_ms"] for r in lat], marker="o",
+                         label=f"{way} p50")
+                ax2.plot([r["n"] for r in lat], [r["p99_ms"] for r in lat], marker="x",
+                         linestyle="--", label=f"{way} p99")
+        for ax in (ax1, ax2):
+            ax.set_xscale("log")
+            ax.set_xlabel("N TAPs")
+            ax.grid(True, alpha=0.3)
+        ax1.set_yscale("log")
+        ax1.set_ylabel("TAPs per second")
+        ax1.set_title(f"{scenario}: throughput")
+        ax1.legend(fontsize=7)
+        ax2.set_yscale("log")
+        ax2.set_ylabel("latency per operation (ms)")
+        ax2.set_title(f"{scenario}: latency per job / step")
+        ax2.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{scenario}.png", dpi=90)
+        plt.close(fig)
+    if data["scale"]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [max(s["existing_links"], 1) for s in data["scale"]]
+        ax.plot(xs, [s["ready_s"] for s in data["scale"]], marker="o", label="start to READY (s)")
+        ax.plot(xs, [s["snapshot_ms"] / 1000 for s in data["scale"]], marker="o",
+                label="host.snapshot (s)")
+        ax.plot(xs, [s["rss_mb"] / 100 for s in data["scale"]], marker="o",
+                label="RSS (100 MB)")
+        ax.set_xscale("log")
+        ax.set_xlabel("existing interfaces (0 plotted at 1)")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "scale.png", dpi=90)
+        plt.close(fig)

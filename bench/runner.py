@@ -1,0 +1,301 @@
+"""Runs the scenarios inside the lab and collects every measurement.
+
+Ways are interleaved: for each size and repetition, every way runs once, in an order
+rotated between repetitions, against the same namespace and the same broker, so each
+ratio compares figures taken side by side on this shared, noisy machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import scale, ways
+from bench.lab import log, run
+from bench.ways import Run
+from tests.support.daemon import DaemonProcess
+from tests.support.env import REPO_ROOT
+from tests.support.rpc import RawRpc
+
+NOT_AVAILABLE = "not available"
+
+
+@dataclass
+class Plan:
+    sizes: list[int]
+    reps: dict[int, int]
+    concurrency: list[int]
+    scale_links: list[int]
+    sequential_unplug_max: int
+    """Above this N, ways that delete one device at a time (~18 ms each) are not timed
+    for unplug; their TAPs are removed with one group delete instead."""
+    before_ref: str | None = None
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(sizes=[100], reps={100: 1}, concurrency=[64], scale_links=[0, 1000],
+                   sequential_unplug_max=100)
+
+    @classmethod
+    def full(cls, before_ref: str | None) -> Plan:
+        return cls(sizes=[100, 1000, 5000], reps={100: 3, 1000: 3, 5000: 1},
+                   concurrency=[1, 16, 64], scale_links=[0, 1000, 10000],
+                   sequential_unplug_max=1000, before_ref=before_ref)
+
+
+@dataclass
+class Env:
+    """Where the benchmark runs: the broker URL and a way to get fresh namespaces."""
+
+    amqp_url: str
+    new_ns: Callable[[], str]
+    del_ns: Callable[[str], None]
+    workdir: Path
+    suffix: str
+    daemon_env: dict[str, str] = field(default_factory=dict)
+    """Environment for every vnetd started (PYTHONPATH of an exported --ref tree)."""
+
+
+@dataclass
+class Results:
+    mode: str
+    runs: list[Run] = field(default_factory=list)
+    scale: list[dict[str, Any]] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _ours_left(ns: str) -> list[str]:
+    out = run("ip", "-n", ns, "-j", "link", "show").stdout
+    return [e["ifname"] for e in json.loads(out or "[]") if e["ifname"][:1] in "pqrstuvwx"
+            and e["ifname"][1:].isdigit()]
+
+
+def clean(ns: str) -> None:
+    """Remove the TAPs a way left behind, in one group delete (not timed)."""
+    left = _ours_left(ns)
+    if left:
+        ways.batch_way(ns, "unplug", left, group=4242)
+
+
+def check_plugged(ns: str, names: list[str]) -> None:
+    out = json.loads(run("ip", "-n", ns, "-j", "link", "show").stdout or "[]")
+    master = {e["ifname"]: e.get("master") for e in out}
+    wrong = [n for i, n in enumerate(names) if master.get(n) != ways.bridge_of(i)]
+    if wrong:
+        raise ways.WayError(f"{len(wrong)} TAPs not plugged as asked, e.g. {wrong[:3]}")
+
+
+def export_tree(ref: str) -> Path:
+    """vnetd/ as it was at `ref` (git archive, no change to the repository)."""
+    dest = Path(tempfile.mkdtemp(prefix="vnetd-bench-before-"))
+    data = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", ref, "vnetd"],
+                          capture_output=True, check=True).stdout
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.seek(0)
+        with tarfile.open(fileobj=f) as tar:
+            tar.extractall(dest, filter="data")
+    return dest
+
+
+async def _start_daemon(env: Env, ns: str, tag: str, extra_env: dict[str, str] | None = None,
+                        ) -> DaemonProcess:
+    d = DaemonProcess(host_id=f"b-{env.suffix}-{tag}", amqp_url=env.amqp_url, netns=ns,
+                      workdir=env.workdir / "daemons" / tag,
+                      env={**env.daemon_env, **(extra_env or {})}, ready_timeout=60)
+    await d.start()
+    return d
+
+
+async def _start_responder(env: Env, host_id: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "bench.responder", env.amqp_url,
+         host_id, "128"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+        start_new_session=True)
+    assert proc.stdout is not None
+    line = await asyncio.to_thread(proc.stdout.readline)
+    if line.strip() != "READY":
+        proc.kill()
+        raise RuntimeError("the no-op responder did not start")
+    return proc
+
+
+async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
+    ns = env.new_ns()
+    daemons: list[DaemonProcess] = []
+    responder = None
+    before_dir = None
+    try:
+        vnetd = await _start_daemon(env, ns, "plug")
+        daemons.append(vnetd)
+        before = None
+        if plan.before_ref:
+            before_dir = export_tree(plan.before_ref)
+            before = await _start_daemon(env, ns, "before",
+                                         {"PYTHONPATH": str(before_dir)})
+            daemons.append(before)
+        noop_id = f"b-{env.suffix}-noop"
+        responder = await _start_responder(env, noop_id)
+        async with RawRpc(env.amqp_url) as rpc:
+            for br in ways.bridges_for(max(plan.sizes)):
+                reply = await rpc.call(vnetd.host_id, "bridge.ensure", {"name": br})
+                assert reply.get("ok") is True, reply
+            # warm-up: imports, connections, caches (not recorded)
+            warm = ways.tap_names("w", 20)
+            await ways.vnetd_jobs(rpc, vnetd.host_id, "plug", warm, 4)
+            await ways.vnetd_jobs(rpc, vnetd.host_id, "unplug", warm, 4)
+            await ways.noop_jobs(rpc, noop_id, "plug", warm, 4)
+
+            for n in plan.sizes:
+                for rep in range(plan.reps[n]):
+                    entries = _ways_for(plan, n, rpc, vnetd.host_id, noop_id, ns,
+                                        before.host_id if before else None, res)
+                    shift = rep % len(entries)
+                    for label, prefix, plug, unplug in entries[shift:] + entries[:shift]:
+                        names = ways.tap_names(prefix, n)
+                        log(f"plug n={n} rep={rep + 1}: {label}")
+                        try:
+                            r = await plug(names)
+                            r.note = f"rep {rep + 1}"
+                            res.runs.append(r)
+                            if not label.startswith("no-op"):
+                                await asyncio.to_thread(check_plugged, ns, names)
+                            if unplug is not None:
+                                u = await unplug(names)
+                                u.note = f"rep {rep + 1}" + (f"; {u.note}" if u.note else "")
+                                res.runs.append(u)
+                        finally:
+                            await asyncio.to_thread(clean, ns)
+    finally:
+        if responder is not None:
+            responder.terminate()
+            await asyncio.to_thread(responder.wait)
+        for d in daemons:
+            await d.stop()
+        env.del_ns(ns)
+        if before_dir is not None:
+            subprocess.run(["rm", "-rf", str(before_dir)], check=False)
+
+
+Step = Callable[[list[str]], Awaitable[Run]]
+
+
+def _ways_for(plan: Plan, n: int, rpc: RawRpc, vid: str, noop: str, ns: str,
+              before: str | None, res: Results) -> list[tuple[str, str, Step, Step | None]]:
+    seq_ok = n <= plan.sequential_unplug_max
+    out: list[tuple[str, str, Step, Step | None]] = []
+    prefixes = iter("pqrstuvwx")
+    for c in plan.concurrency:
+        out.append((f"vnetd x{c}", next(prefixes),
+                    lambda names, c=c: ways.vnetd_jobs(rpc, vid, "plug", names, c),
+                    (lambda names, c=c: ways.vnetd_jobs(rpc, vid, "unplug", names, c))
+                    if seq_ok or c > 1 else None))
+    out.append(("vnetd batch", next(prefixes),
+                lambda names: ways.vnetd_batch(rpc, vid, "plug", names),
+                (lambda names: ways.vnetd_batch(rpc, vid, "unplug", names)) if seq_ok else None))
+    out.append(("subprocess", next(prefixes),
+                lambda names: ways.in_thread(ways.subprocess_way, ns, "plug", names),
+                (lambda names: ways.in_thread(ways.subprocess_way, ns, "unplug", names))
+                if seq_ok else None))
+
+    async def ip_unplug(names: list[str]) -> Run:
+        if seq_ok:
+            r = await ways.in_thread(ways.batch_way, ns, "unplug", names)
+            r.note = "per device"
+            res.runs.append(r)
+            # put them back (untimed) to time the group delete as well
+            await ways.in_thread(ways.batch_way, ns, "plug", names)
+        return await ways.in_thread(ways.batch_way, ns, "unplug", names, group=4243)
+
+    out.append(("ip -batch", next(prefixes),
+                lambda names: ways.in_thread(ways.batch_way, ns, "plug", names), ip_unplug))
+    if before is not None:
+        b = before
+        out.append(("vnetd before x64", next(prefixes),
+                    lambda names: _relabel(ways.vnetd_jobs(rpc, b, "plug", names, 64),
+                                           "vnetd before x64"),
+                    lambda names: _relabel(ways.vnetd_jobs(rpc, b, "unplug", names, 64),
+                                           "vnetd before x64")))
+    for c in plan.concurrency:
+        out.append((f"no-op x{c}", "z", lambda names, c=c: ways.noop_jobs(
+            rpc, noop, "plug", names, c), None))
+    return out
+
+
+async def _relabel(coro: Awaitable[Run], label: str) -> Run:
+    r = await coro
+    r.way = label
+    return r
+
+
+async def scale_scenario(env: Env, plan: Plan, res: Results) -> None:
+    for count in plan.scale_links:
+        ns = env.new_ns()
+        try:
+            t0 = time.perf_counter()
+            await asyncio.to_thread(scale.make_links, ns, count)
+            log(f"scale: {count} links made in {time.perf_counter() - t0:.1f}s")
+            m = await scale.measure(ns, env.amqp_url, f"b-{env.suffix}-scale{count}",
+                                    env.workdir / "daemons" / f"scale{count}", env.daemon_env)
+            m["existing_links"] = count
+            res.scale.append(m)
+            log(f"scale {count}: {m}")
+        finally:
+            env.del_ns(ns)
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                          text=True, check=False).stdout.strip()
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "kernel": platform.release(), "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(), "python": platform.python_version(),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "vnetd", "bench")),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def availability(res: Results) -> None:
+    has_events = (REPO_ROOT / "vnetd" / "watchers" / "netlink.py").exists() and bool(
+        _git("log", "--oneline", "-1", "--", "vnetd/watchers/netlink.py"))
+    if not has_events:
+        res.unavailable["events"] = (
+            f"{NOT_AVAILABLE}: the event stream (vnetd/watchers/netlink.py) has not landed "
+            "on main yet")
+    else:
+        res.unavailable["events"] = (
+            f"{NOT_AVAILABLE}: the event stream landed but this benchmark has no "
+            "scenario for it yet")
+    has_libvirt = bool(_git("log", "--oneline", "-1", "--", "tests/support/libvirtd.py"))
+    res.unavailable["libvirt"] = (
+        f"{NOT_AVAILABLE}: " + ("the libvirt ops landed but this benchmark has no scenario "
+                                "for them yet" if has_libvirt else
+                                "the libvirt ops and the private-libvirtd fixture have not "
+                                "landed on main yet"))
+
+
+async def run_all(env: Env, plan: Plan, mode: str) -> Results:
+    res = Results(mode=mode, meta=machine())
+    availability(res)
+    t0 = time.perf_counter()
+    await plug_unplug(env, plan, res)
+    await scale_scenario(env, plan, res)
+    res.meta["loadavg_end"] = os.getloadavg()
+    res.meta["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
