@@ -55,13 +55,23 @@ def sweeper_for(net: NetBackend, policy: Policy, events: EventSink, settings: Cl
                    references=references, networks=networks, restart_clocks=restart_clocks)
 
 
+class _ContextSink:
+    """Emits to whatever ctx.events is at the time (the event bus is set up elsewhere)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def emit(self, type: str, subject: str | None, data: dict[str, Any]) -> None:
+        self.ctx.events.emit(type, subject, data)
+
+
 class CleanupComponent:
     name = "cleanup"
 
     def __init__(self, settings: CleanupSettings, ctx: Context, dispatcher: Dispatcher, *,
                  libvirt_enabled: bool) -> None:
         self.interval = settings.interval_seconds
-        self.sweeper = sweeper_for(ctx.net, ctx.policy, ctx.events, settings, ctx,
+        self.sweeper = sweeper_for(ctx.net, ctx.policy, _ContextSink(ctx), settings, ctx,
                                    locks=dispatcher.locks, leases=dispatcher.leases,
                                    libvirt_enabled=libvirt_enabled, restart_clocks=True)
         ctx.extras[SWEEPER_KEY] = self.sweeper
