@@ -276,6 +276,7 @@ def parse_link_message(data: bytes | memoryview, offset: int = 0) -> Link:
         oper_state=(OPERSTATES[operstate] if operstate is not None
                     and operstate < len(OPERSTATES) else "unknown"),
         carrier=bool(_get_u8(attrs, IFLA_CARRIER)),
+        carrier_changes=_get_u32(attrs, IFLA_CARRIER_CHANGES) or 0,
         master=master or None,
         alias=_get_str(attrs, IFLA_IFALIAS),
         bridge=bridge,

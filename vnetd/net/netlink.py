@@ -12,6 +12,7 @@ import asyncio
 import errno
 import os
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from vnetd.net.netns import NamespaceWorker
 T = TypeVar("T")
 IFF_UP = 0x1
 DUMP_RETRIES = 5
+TUN_FDS_AHEAD = 32
 _CENTI = 100.0  # the kernel keeps bridge timers in centiseconds (USER_HZ)
 
 
@@ -96,7 +98,14 @@ def parse_link(msg: Any) -> Link:
         alias=msg.get("ifalias"),
         bridge=bridge,
         tun=tun_settings,
+        carrier_changes=int(msg.get("carrier_changes") or 0),
     )
+
+
+def _rtnl_dgram_fd() -> int:
+    """An rtnetlink socket of the calling thread's namespace (SOCK_DGRAM: asyncio's
+    datagram endpoint insists on it; netlink treats RAW and DGRAM alike)."""
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0).detach()
 
 
 class NetlinkBackend:
@@ -112,12 +121,17 @@ class NetlinkBackend:
         self._worker = NamespaceWorker(self.netns)
         self._link = FastLink(self._worker.call(FastLink.open_socket))
         self._ipr: Any = None
+        self._tun_fds: list[int] = []
         self._deletes: list[tuple[int, asyncio.Future[None]]] = []
         self._deleting: asyncio.Task[None] | None = None
 
     def _pyroute2(self) -> Any:
         if self._ipr is None:
-            self._ipr = AsyncIPRoute(netns=self.netns) if self.netns else AsyncIPRoute()
+            # Not AsyncIPRoute(netns=...): that forks a helper process, and a forked
+            # child shares asyncio's signal wakeup fd, so its SIGTERM reaches our loop
+            # as if the daemon had been told to stop. The worker thread is in the
+            # namespace already: the socket it opens stays there.
+            self._ipr = AsyncIPRoute(fileno=self._worker.call(_rtnl_dgram_fd))
         return self._ipr
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -167,7 +181,18 @@ class NetlinkBackend:
                          lambda: self._link.add_bridge(name, mtu, mac, options))
 
     async def add_tap(self, spec: TapSpec) -> None:
-        await self._worker_call(f"create tap {spec.name}", tun.create_tap, spec)
+        if not self._tun_fds:
+            self._tun_fds = await self._worker_call("open /dev/net/tun", tun.open_tun_fds,
+                                                    TUN_FDS_AHEAD)
+        # The ioctls take well under a millisecond, like a netlink request sent from
+        # the loop; a hop to the worker thread costs more than that on a busy machine.
+        fd = self._tun_fds.pop()
+        try:
+            tun.create_tap_on(fd, spec)
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            raise error_from_errno(exc.errno, f"create tap {spec.name}") from exc
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         await self._worker_call(f"set owner of tap {spec.name}", tun.set_owner, spec)
@@ -267,6 +292,9 @@ class NetlinkBackend:
         }
 
     async def close(self) -> None:
+        for fd in self._tun_fds:
+            os.close(fd)
+        self._tun_fds.clear()
         self._link.close()
         if self._ipr is not None:
             self._ipr.close()

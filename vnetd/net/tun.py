@@ -34,8 +34,10 @@ def _ifreq(spec: TapSpec, exclusive: bool) -> bytes:
     return struct.pack("16sH22x", spec.name.encode(), flags)
 
 
-def _configure(spec: TapSpec, create: bool) -> None:
-    fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+def _configure(spec: TapSpec, create: bool, fd: int | None = None) -> None:
+    """Configure through `fd` (a fresh /dev/net/tun; opened here when None); closes it."""
+    if fd is None:
+        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, _ifreq(spec, exclusive=create))
         # The kernel cannot clear an owner (-1 is EINVAL): None leaves it as it is.
@@ -57,6 +59,21 @@ def create_tap(spec: TapSpec) -> None:
     silent adoption of someone else's device.
     """
     _configure(spec, create=True)
+
+
+def open_tun_fds(count: int) -> list[int]:
+    """Open `count` /dev/net/tun descriptors (on the namespace thread).
+
+    A tun descriptor belongs to the network namespace of the thread that opened
+    it, and a TAP made through it appears there: descriptors opened ahead by
+    the namespace worker let the event loop create TAPs without a thread hop.
+    """
+    return [os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC) for _ in range(count)]
+
+
+def create_tap_on(fd: int, spec: TapSpec) -> None:
+    """`create_tap` through a descriptor from `open_tun_fds` (closed afterwards)."""
+    _configure(spec, create=True, fd=fd)
 
 
 def set_owner(spec: TapSpec) -> None:
