@@ -51,6 +51,9 @@ class BridgeEnsure(Command):
         description="seconds; 0 (which would turn off learning and flood) is refused")
     vlan_filtering: bool | None = None
     up: bool = True
+    hold_seconds: float | None = Field(
+        default=None, ge=0, le=7 * 86_400,
+        description="keep the device from cleanup this long (a VM start, a migration)")
 
     _reserved = field_validator("name")(_not_libvirt_reserved)
 
@@ -76,6 +79,9 @@ class TapEnsure(Command):
     vnet_hdr: bool = False
     ipv6: bool = Field(default=False, description="keep IPv6 (link-local) on the TAP")
     up: bool = True
+    hold_seconds: float | None = Field(
+        default=None, ge=0, le=7 * 86_400,
+        description="keep the device from cleanup this long (a VM start, a migration)")
 
     _reserved = field_validator("name")(_not_libvirt_reserved)
 
@@ -95,6 +101,9 @@ class PortAttach(Command):
     op: ClassVar[str] = "port.attach"
     name: IfName
     bridge: IfName
+    hold_seconds: float | None = Field(
+        default=None, ge=0, le=7 * 86_400,
+        description="keep the device from cleanup this long (a VM start, a migration)")
 
     @model_validator(mode="after")
     def _distinct(self) -> PortAttach:

@@ -21,6 +21,7 @@ from vnetd.handlers.dispatch import Dispatcher
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
+from vnetd.service.cleanup import CleanupComponent
 from vnetd.service.component import Component
 from vnetd.service.events import event_components
 from vnetd.service.metrics import MetricsServer
@@ -47,6 +48,8 @@ class Runtime:
     """Component states reported by host.health ("connected", "degraded", ...)."""
     consumer_alive: Callable[[], bool | None] = lambda: None
     """None until the job consumer is started, then whether it still consumes."""
+    dispatcher: Dispatcher | None = None
+    """Runs jobs; its per-name locks and leases are shared with cleanup."""
 
     def dependency_states(self) -> dict[str, str]:
         return {**self.states, "broker": self.broker.state}
@@ -61,7 +64,12 @@ def build_components(rt: Runtime) -> list[Component]:
                             list_links=rt.net.list_links)
     rt.observers.append(metrics.observer)
     # Events first: they set ctx.events, which later components emit to.
-    return [watchdog, metrics, *event_components(rt), *_libvirt_components(rt)]
+    components: list[Component] = [watchdog, metrics, *event_components(rt),
+                                   *_libvirt_components(rt)]
+    if rt.dispatcher is not None:
+        components.append(CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
+                                           libvirt_enabled=s.libvirt.enabled))
+    return components
 
 
 def _libvirt_components(rt: Runtime) -> list[Component]:
@@ -117,7 +125,8 @@ class Daemon:
             connection = await self.broker.connect()
             rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,
                          connection=connection, notifier=self.notifier, states=self.states,
-                         consumer_alive=self.consumer_alive)
+                         consumer_alive=self.consumer_alive,
+                         dispatcher=Dispatcher(build_registry(), ctx))
             for component in build_components(rt):
                 self.notifier.status(f"starting: {component.name}")
                 await component.start()
@@ -140,7 +149,7 @@ class Daemon:
         channel = await rt.connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=s.amqp.prefetch)
         topo = await topology.declare(channel, s.host_id, s.amqp.delivery_limit)
-        dispatcher = Dispatcher(build_registry(), rt.ctx)
+        dispatcher = rt.dispatcher or Dispatcher(build_registry(), rt.ctx)
         cache = ReplyCache(s.amqp.dedupe_window_seconds, s.amqp.dedupe_max_entries)
         self.consumer = JobConsumer(channel, topo.queue, dispatcher.execute, cache,
                                     s.host_id, rt.observers)
