@@ -29,6 +29,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ref", metavar="REF", default=None,
                    help="measure vnetd as committed at git REF (e.g. HEAD) instead of the "
                         "working tree, which other engineers may be editing")
+    p.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                   help="record a py-spy profile of the daemon during plug/unplug")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return p.parse_args(argv)
 
@@ -42,6 +44,7 @@ def inner(args: argparse.Namespace) -> int:
     env = Env(amqp_url=lab.amqp_url, new_ns=subs.new, del_ns=subs.delete,
               workdir=lab.dir, suffix=lab.suffix)
     plan = Plan.quick() if args.quick else Plan.full(args.before)
+    plan.profile = args.profile
     tree = export_tree(args.ref) if args.ref else None
     if tree is not None:
         env.daemon_env["PYTHONPATH"] = str(tree)

@@ -40,6 +40,8 @@ class Plan:
     """Above this N, ways that delete one device at a time (~18 ms each) are not timed
     for unplug; their TAPs are removed with one group delete instead."""
     before_ref: str | None = None
+    profile: Path | None = None
+    """Write a py-spy profile (raw, collapsed stacks) of the daemon during plug/unplug here."""
 
     @classmethod
     def quick(cls) -> Plan:
@@ -137,15 +139,26 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
     daemons: list[DaemonProcess] = []
     responder = None
     before_dir = None
+    daemons_spy: list[subprocess.Popen[bytes]] = []
     try:
         vnetd = await _start_daemon(env, ns, "plug")
         daemons.append(vnetd)
         before = None
         if plan.before_ref:
             before_dir = export_tree(plan.before_ref)
-            before = await _start_daemon(env, ns, "before",
-                                         {"PYTHONPATH": str(before_dir)})
-            daemons.append(before)
+            try:
+                before = await _start_daemon(env, ns, "before",
+                                             {"PYTHONPATH": str(before_dir)})
+                daemons.append(before)
+            except Exception as exc:  # the old tree may not start: say so, go on
+                res.notes.append(f"vnetd at {plan.before_ref} did not start: {exc}"[:300])
+        spy = None
+        if plan.profile is not None:
+            spy = subprocess.Popen([str(REPO_ROOT / ".venv" / "bin" / "py-spy"), "record",
+                                    "--pid", str(vnetd.pid), "-f", "raw", "-r", "250",
+                                    "-o", str(plan.profile)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+            daemons_spy.append(spy)
         noop_id = f"b-{env.suffix}-noop"
         responder = await _start_responder(env, noop_id)
         async with RawRpc(env.amqp_url) as rpc:
@@ -179,9 +192,14 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
                         finally:
                             await asyncio.to_thread(clean, ns)
     finally:
+        for spy in daemons_spy:
+            spy.send_signal(2)
+            await asyncio.to_thread(spy.wait)
         if responder is not None:
             responder.terminate()
             await asyncio.to_thread(responder.wait)
+            if responder.stdout is not None:
+                responder.stdout.close()
         for d in daemons:
             await d.stop()
         env.del_ns(ns)

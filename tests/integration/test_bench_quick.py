@@ -1,0 +1,54 @@
+"""The benchmark's quick mode, as a regression test: ratios only, never absolute times.
+
+It runs the same code as `make bench ARGS=--quick`, inside this test lab (its broker
+and namespaces from the fixtures), and fails when vnetd falls behind a baseline by
+more than it does now with a wide margin for the noise of a shared machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import report
+from bench.runner import Env, Plan, run_all
+from tests.support.env import Lab
+from tests.support.netns import NetnsFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def _ops(data: dict, scenario: str, way: str) -> float:
+    found = [m["ops_per_s"] for m in data["medians"]
+             if m["scenario"] == scenario and m["way"] == way]
+    assert found, f"no {scenario} figure for {way!r}: {data['medians']}"
+    return float(found[0])
+
+
+async def test_quick_bench_ratios(lab: Lab, netns_factory: NetnsFactory, tmp_path) -> None:
+    env = Env(amqp_url=lab.amqp_url, new_ns=netns_factory,
+              del_ns=lambda ns: None, workdir=lab.dir / "bench", suffix=lab.suffix)
+    res = await run_all(env, Plan.quick(), "quick")
+    data = report.write(res, tmp_path)
+    assert (tmp_path / "latest.json").exists()
+    assert (tmp_path / "latest.md").read_text().startswith("# vnetd benchmark")
+
+    e2e = _ops(data, "plug", "vnetd jobs x64")
+    batch = _ops(data, "plug", "vnetd one batch")
+    subprocess_way = _ops(data, "plug", "ip per step (subprocess)")
+    ip_batch = _ops(data, "plug", "ip -batch")
+    noop = _ops(data, "plug", "no-op responder x64")
+    # Measured here (load 4-5): e2e ~2.2x and batch ~1.8x the subprocess way; e2e ~0.25x
+    # the no-op responder. Thresholds leave room for noise but catch a lost fast path.
+    assert e2e >= 1.0 * subprocess_way, data["goals"]
+    assert batch >= 1.0 * subprocess_way, data["goals"]
+    assert e2e <= 1.5 * noop  # sanity: vnetd cannot beat a responder doing no work
+    assert batch <= 1.5 * ip_batch  # nor one ip process doing the same kernel work
+
+    # Concurrent deletions share one RTM_DELLINK (one RCU grace period) instead of
+    # paying ~18 ms each as every one-at-a-time way does.
+    unplug_e2e = _ops(data, "unplug", "vnetd jobs x64")
+    unplug_ip = _ops(data, "unplug", "ip -batch")
+    assert unplug_e2e >= 1.5 * unplug_ip, data["medians"]
+
+    scale = {s["existing_links"]: s for s in data["scale"]}
+    assert scale[1000]["snapshot_links"] >= 1000

@@ -1,0 +1,128 @@
+"""The raw rtnetlink fast path against the real kernel (and against pyroute2's decoding)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+import pytest
+from pyroute2 import AsyncIPRoute
+
+from tests.support import netns as netns_mod
+from vnetd.contract.errors import Conflict, NotFound
+from vnetd.net.model import OWNER_ALIAS, BridgeOptions, LinkChange, TapSpec
+from vnetd.net.netlink import NetlinkBackend, parse_link
+
+pytestmark = pytest.mark.integration
+
+
+def _ip(ns: str, *args: str) -> None:
+    netns_mod.run_in(ns, "ip", *args)
+
+
+async def _pyroute2_links(ns: str) -> dict[str, object]:
+    ipr = AsyncIPRoute(netns=ns)
+    try:
+        return {link.name: link for link in
+                [parse_link(m) async for m in await ipr.link("dump")]}
+    finally:
+        ipr.close()
+
+
+async def test_decoding_equals_pyroute2_for_every_kind(netns: str) -> None:
+    _ip(netns, "link", "add", "fbr", "type", "bridge", "stp_state", "1",
+        "forward_delay", "500", "ageing_time", "12345")
+    _ip(netns, "tuntap", "add", "dev", "ftap", "mode", "tap", "user", "107", "group", "36",
+        "multi_queue", "vnet_hdr")
+    _ip(netns, "tuntap", "add", "dev", "ftun", "mode", "tun")
+    _ip(netns, "link", "set", "ftap", "master", "fbr", "up", "alias", OWNER_ALIAS, "mtu", "1400")
+    _ip(netns, "link", "add", "fv0", "type", "veth", "peer", "name", "fv1")
+    _ip(netns, "link", "set", "fv0", "address", "02:11:22:33:44:55", "up")
+    _ip(netns, "link", "add", "fvx", "type", "vxlan", "id", "5", "dstport", "4789")
+    net = NetlinkBackend(netns)
+    try:
+        fast = {link.name: link for link in await net.list_links()}
+        slow = await _pyroute2_links(netns)
+        assert fast.keys() == slow.keys() == {"lo", "fbr", "ftap", "ftun", "fv0", "fv1", "fvx"}
+        for name, link in slow.items():
+            assert fast[name] == link, name
+            assert await net.get_link(name) == link, name
+            assert await net.get_link_by_index(fast[name].index) == link, name
+        tap = fast["ftap"]
+        assert tap.kind == "tap" and tap.tun is not None
+        assert (tap.tun.owner_uid, tap.tun.group_gid, tap.tun.multi_queue, tap.tun.vnet_hdr) == (
+            107, 36, True, True)
+        assert tap.master == fast["fbr"].index and tap.alias == OWNER_ALIAS and tap.mtu == 1400
+        assert fast["fbr"].bridge is not None and fast["fbr"].bridge.stp is True
+        assert fast["ftun"].kind == "tun"
+        assert fast["lo"].kind == "loopback"
+        assert fast["fv0"].mac == "02:11:22:33:44:55"
+    finally:
+        await net.close()
+
+
+async def test_errors_keep_their_contract_meaning(netns: str) -> None:
+    net = NetlinkBackend(netns)
+    try:
+        assert await net.get_link("nope0") is None
+        assert await net.get_link_by_index(99999) is None
+        with pytest.raises(NotFound):
+            await net.set_link(99999, LinkChange(up=True))
+        with pytest.raises(NotFound):
+            await net.delete_link(99999)
+        await net.add_bridge("ebr", 1400, "02:00:00:00:00:01", BridgeOptions(stp=False))
+        with pytest.raises(Conflict):
+            await net.add_bridge("ebr", None, None, BridgeOptions())
+        await net.add_tap(TapSpec(name="etap"))
+        with pytest.raises(Conflict):  # IFF_TUN_EXCL: an existing name is never adopted
+            await net.add_tap(TapSpec(name="etap"))
+        br = await net.get_link("ebr")
+        assert br is not None and br.mac == "02:00:00:00:00:01"
+        tap = await net.get_link("etap")
+        assert tap is not None and not tap.up
+        await net.set_link(tap.index, LinkChange(alias=OWNER_ALIAS, mtu=1300, master=br.index,
+                                                 up=True))
+        shown = netns_mod.link(netns, "etap")
+        assert shown is not None
+        assert shown["master"] == "ebr" and shown["mtu"] == 1300 and "UP" in shown["flags"]
+        assert shown["ifalias"] == OWNER_ALIAS
+    finally:
+        await net.close()
+
+
+async def test_taps_land_in_the_target_namespace_only(netns: str) -> None:
+    net = NetlinkBackend(netns)
+    try:
+        for i in range(40):  # more than one batch of descriptors opened ahead
+            await net.add_tap(TapSpec(name=f"ns{i}"))
+    finally:
+        await net.close()
+    names = set(netns_mod.links(netns))
+    assert {f"ns{i}" for i in range(40)} <= names
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    here = {e["ifname"] for e in json.loads(out)}  # the lab: where this test runs
+    assert not any(n.startswith("ns") and n[2:].isdigit() for n in here)
+
+
+async def test_concurrent_deletes_are_batched_and_touch_nothing_else(netns: str) -> None:
+    net = NetlinkBackend(netns)
+    try:
+        for i in range(60):
+            await net.add_tap(TapSpec(name=f"d{i}"))
+        await net.add_tap(TapSpec(name="keep0"))
+        links = {link.name: link for link in await net.list_links()}
+        gone = links["d5"].index
+        await net.delete_link(gone)
+        results = await asyncio.gather(
+            *(net.delete_link(links[f"d{i}"].index) for i in range(60)),
+            return_exceptions=True)
+        # d5 was already gone: NotFound for it alone, success for the rest
+        assert isinstance(results[5], NotFound)
+        assert all(r is None for i, r in enumerate(results) if i != 5)
+    finally:
+        await net.close()
+    left = set(netns_mod.links(netns))
+    assert "keep0" in left
+    assert not any(n.startswith("d") and n[1:].isdigit() for n in left)
