@@ -70,9 +70,9 @@ class DaemonProcess:
         self.netns = netns
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config: dict[str, Any] = toml.deep_merge(
-            default_config(host_id=host_id, amqp_url=amqp_url, netns=netns), extra
-        )
+        base = default_config(host_id=host_id, amqp_url=amqp_url, netns=netns)
+        base["amqp"]["state_dir"] = str(self.workdir / "state")  # survives restarts, per daemon
+        self.config: dict[str, Any] = toml.deep_merge(base, extra)
         self.config_path = self.workdir / "config.toml"
         self.log_path = self.workdir / "daemon.log"
         self.env = dict(env or {})

@@ -16,8 +16,9 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from vnetd.amqp import failpoints
 from vnetd.amqp.dedupe import ReplyCache
 from vnetd.amqp.outcome import Action, Outcome, failure, success
+from vnetd.amqp.quarantine import Quarantine, job_key
 from vnetd.contract.commands import Command, parse_request
-from vnetd.contract.errors import InvalidArgument, VnetdError
+from vnetd.contract.errors import Internal, InvalidArgument, VnetdError
 
 log = structlog.get_logger("vnetd.jobs")
 
@@ -50,13 +51,15 @@ Execute = Callable[[Command], Awaitable[dict[str, Any]]]
 class JobConsumer:
     def __init__(self, channel: AbstractChannel, queue: AbstractQueue, execute: Execute,
                  cache: ReplyCache, host_id: str,
-                 observers: list[JobObserver] | None = None) -> None:
+                 observers: list[JobObserver] | None = None,
+                 quarantine: Quarantine | None = None) -> None:
         self.channel = channel
         self.queue = queue
         self.execute = execute
         self.cache = cache
         self.host_id = host_id
         self.observers = observers or []
+        self.quarantine = quarantine or Quarantine(None, 0)
         self._tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self.stopping = False
@@ -112,21 +115,35 @@ class JobConsumer:
             return
 
         op, cmd, outcome = "?", None, None
+        key = job_key(message_id, message.body, message.correlation_id, message.reply_to)
+        if self.quarantine.is_poison(key):
+            outcome = failure(Internal(
+                f"this job crashed the daemon {self.quarantine.crashes(key)} times, the last "
+                f"{self.quarantine.threshold} while running alone; it is quarantined in "
+                "vnetd.dead and was not run again", crashes=self.quarantine.crashes(key)),
+                malformed=True)
+            await self._reply(message, outcome.reply)
+            await self._settle(message, outcome)
+            self.quarantine.settled(key)
+            log.error("poison_job_dead_lettered", key=key, message_id=message_id)
+            self._observe(message, "?", None, outcome, started)
+            return
         if message_id:
             self.cache.start(message_id)
         try:
-            cmd, outcome = self._decode(message)
-            if cmd is not None:
-                op = cmd.op
-                try:
-                    outcome = success(await self.execute(cmd))
-                except VnetdError as exc:
-                    outcome = failure(exc)
-            assert outcome is not None
-            failpoints.hit("after_effect", op)
-            await self._reply(message, outcome.reply)
-            failpoints.hit("before_ack", op)
-            await self._settle(message, outcome)
+            async with self.quarantine.running(key):
+                cmd, outcome = self._decode(message)
+                if cmd is not None:
+                    op = cmd.op
+                    try:
+                        outcome = success(await self.execute(cmd))
+                    except VnetdError as exc:
+                        outcome = failure(exc)
+                assert outcome is not None
+                failpoints.hit("after_effect", op)
+                await self._reply(message, outcome.reply)
+                failpoints.hit("before_ack", op)
+                await self._settle(message, outcome)
         finally:
             if message_id:
                 self.cache.finish(message_id, outcome.reply if outcome else None)

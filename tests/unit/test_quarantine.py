@@ -1,0 +1,101 @@
+"""The crash flight recorder and the isolation of suspects."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from vnetd.amqp.quarantine import FlightRecorder, Quarantine, job_key
+
+
+def crash_with(state: Path, *keys: str) -> None:
+    """Simulate a run that died with `keys` in flight (S written, no E)."""
+    rec = FlightRecorder(state)
+    rec.open()
+    for key in keys:
+        rec.started(key)
+    rec.started("done")
+    rec.ended("done")
+    # no close_clean(): the process "died"
+
+
+def test_keys_prefer_message_id_and_hash_otherwise() -> None:
+    assert job_key("abc", b"x", None, None) == "m:abc"
+    a = job_key(None, b"body", "c1", "q")
+    assert a.startswith("h:") and a != job_key(None, b"body", "c2", "q")
+    assert "\n" not in job_key("a\nb", b"", None, None)
+
+
+def test_a_crash_makes_suspects_and_alone_counts(tmp_path: Path) -> None:
+    crash_with(tmp_path, "a", "b")
+    q = Quarantine(FlightRecorder(tmp_path), threshold=2)
+    assert set(q.suspects) == {"a", "b"}
+    assert (q.suspects["a"].crashes, q.suspects["a"].alone) == (1, 0)
+    assert not q.is_poison("a") and not q.is_poison("done")
+    q.recorder.started("a")  # type: ignore[union-attr]  # dies again, alone
+    q2 = Quarantine(FlightRecorder(tmp_path), threshold=2)
+    assert (q2.suspects["a"].crashes, q2.suspects["a"].alone) == (2, 1)
+    assert not q2.is_poison("a")
+    q2.recorder.started("a")  # type: ignore[union-attr]
+    q3 = Quarantine(FlightRecorder(tmp_path), threshold=2)
+    assert q3.is_poison("a") and not q3.is_poison("b")
+
+
+def test_clean_close_leaves_no_suspects(tmp_path: Path) -> None:
+    q = Quarantine(FlightRecorder(tmp_path), threshold=2)
+    q.recorder.started("x")  # type: ignore[union-attr]
+    q.close_clean()
+    assert Quarantine(FlightRecorder(tmp_path), threshold=2).suspects == {}
+
+
+def test_threshold_zero_disables(tmp_path: Path) -> None:
+    crash_with(tmp_path, "a")
+    q = Quarantine(FlightRecorder(tmp_path), threshold=0)
+    assert q.suspects == {} and not q.is_poison("a")
+
+
+def test_corrupt_state_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "suspects.json").write_text("{not json")
+    (tmp_path / "inflight.log").write_text("garbage\nS a\n")
+    q = Quarantine(FlightRecorder(tmp_path), threshold=2)
+    assert (q.suspects["a"].crashes, q.suspects["a"].alone) == (1, 1)
+
+
+async def test_suspect_runs_alone_after_the_others(tmp_path: Path) -> None:
+    crash_with(tmp_path, "sus")
+    q = Quarantine(FlightRecorder(tmp_path), threshold=2)
+    log: list[str] = []
+    running: set[str] = set()
+
+    async def job(key: str, delay: float) -> None:
+        async with q.running(key):
+            running.add(key)
+            log.append(f"start {key} with {sorted(running - {key})}")
+            await asyncio.sleep(delay)
+            running.discard(key)
+
+    await asyncio.gather(job("sus", 0.01), job("n1", 0.1), job("n2", 0.1))
+    assert log[-1] == "start sus with []"  # alone, after the innocent ones
+    # Settled: no longer a suspect, here or after a restart.
+    assert "sus" not in q.suspects
+    assert "sus" not in Quarantine(FlightRecorder(tmp_path), threshold=2).suspects
+
+
+async def test_new_jobs_wait_while_a_suspect_runs(tmp_path: Path) -> None:
+    crash_with(tmp_path, "sus")
+    q = Quarantine(FlightRecorder(tmp_path), threshold=2)
+    order: list[str] = []
+
+    async def suspect() -> None:
+        async with q.running("sus"):
+            order.append("sus-start")
+            await asyncio.sleep(0.1)
+            order.append("sus-end")
+
+    async def late() -> None:
+        await asyncio.sleep(0.08)  # arrives while the suspect runs
+        async with q.running("late"):
+            order.append("late")
+
+    await asyncio.gather(suspect(), late())
+    assert order == ["sus-start", "sus-end", "late"]
