@@ -35,6 +35,12 @@ class AmqpSettings(_Section):
         description="How long a reply is kept to answer a resent message_id without redoing it")
     dedupe_max_entries: int = Field(default=100_000, ge=0, le=10_000_000)
     reconnect_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    state_dir: str = Field(
+        default="/run/vnetd",
+        description="Where the crash flight recorder lives (per host_id); must survive restarts")
+    quarantine_after_crashes: int = Field(
+        default=2, ge=0, le=100,
+        description="Dead-letter a job that crashed the daemon this often running alone; 0 = off")
     drain_timeout_seconds: float = Field(
         default=20.0, gt=0, le=600,
         description="On stop, how long jobs in flight may take before they are left for redelivery")

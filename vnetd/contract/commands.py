@@ -37,6 +37,12 @@ class Command(BaseModel):
         name = getattr(self, "name", None)
         return (f"link:{name}",) if isinstance(name, str) else ()
 
+    def shared_lock_keys(self) -> tuple[str, ...]:
+        """Names this job uses but does not change (a TAP's bridge): many jobs may share
+        them, while a job that changes or deletes that device waits for all of them."""
+        bridge = getattr(self, "bridge", None)
+        return (f"link:{bridge}",) if isinstance(bridge, str) else ()
+
 
 class BridgeEnsure(Command):
     op: ClassVar[str] = "bridge.ensure"
@@ -181,6 +187,9 @@ class Batch(Command):
 
     def lock_keys(self) -> tuple[str, ...]:
         return ()  # each sub-command takes its own locks when it runs
+
+    def shared_lock_keys(self) -> tuple[str, ...]:
+        return ()
 
 
 def _op_of(item: Any) -> str:

@@ -16,37 +16,78 @@ import structlog
 from vnetd.contract.commands import Batch, Command
 from vnetd.contract.errors import Internal, Unsupported, VnetdError
 from vnetd.handlers.context import Context
+from vnetd.handlers.leases import Leases, leased_names
 from vnetd.handlers.registry import Registry
 
 log = structlog.get_logger(__name__)
 
 
-class KeyedLocks:
-    """One asyncio.Lock per key, created on demand and dropped when unused."""
+class _SharedLock:
+    """Many shared holders or one exclusive holder; exclusive waiters block new sharers."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+        self.users = 0
+
+    async def acquire(self, exclusive: bool) -> None:
+        async with self._cond:
+            if exclusive:
+                self._waiting_exclusive += 1
+                try:
+                    await self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+                finally:
+                    self._waiting_exclusive -= 1
+                self._exclusive = True
+            else:
+                await self._cond.wait_for(
+                    lambda: not self._exclusive and not self._waiting_exclusive)
+                self._shared += 1
+
+    async def release(self, exclusive: bool) -> None:
+        async with self._cond:
+            if exclusive:
+                self._exclusive = False
+            else:
+                self._shared -= 1
+            self._cond.notify_all()
+
+
+class KeyedLocks:
+    """A shared/exclusive lock per key, created on demand and dropped when unused."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, _SharedLock] = {}
 
     @asynccontextmanager
-    async def hold(self, keys: Iterable[str]) -> AsyncIterator[None]:
+    async def hold(self, keys: Iterable[str], shared: Iterable[str] = ()) -> AsyncIterator[None]:
+        """Hold `keys` exclusively and `shared` shared (a key in both is exclusive)."""
+        wanted = {key: True for key in keys}
+        for key in shared:
+            wanted.setdefault(key, False)
         async with AsyncExitStack() as stack:
-            for key in sorted(set(keys)):  # a fixed order: no deadlock between jobs
-                await stack.enter_async_context(self._one(key))
+            for key in sorted(wanted):  # a fixed order: no deadlock between jobs
+                await stack.enter_async_context(self._one(key, wanted[key]))
             yield
 
     @asynccontextmanager
-    async def _one(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
+    async def _one(self, key: str, exclusive: bool) -> AsyncIterator[None]:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = _SharedLock()
+        lock.users += 1
         try:
-            async with lock:
+            await lock.acquire(exclusive)
+            try:
                 yield
+            finally:
+                await lock.release(exclusive)
         finally:
-            lock, users = self._locks[key]
-            if users == 1:
+            lock.users -= 1
+            if lock.users == 0:
                 del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class Dispatcher:
@@ -54,6 +95,7 @@ class Dispatcher:
         self.registry = registry
         self.ctx = ctx
         self.locks = KeyedLocks()
+        self.leases = Leases()
 
     async def execute(self, cmd: Command) -> dict[str, Any]:
         """The result of `cmd`, or a VnetdError describing why it failed."""
@@ -63,8 +105,16 @@ class Dispatcher:
         if handler is None:
             raise Unsupported(f"op {cmd.op} is not served by this daemon", op=cmd.op)
         try:
-            async with self.locks.hold(cmd.lock_keys()):
-                return await handler(cmd, self.ctx)
+            leased, hold = leased_names(cmd)
+            async with self.locks.hold(cmd.lock_keys(), cmd.shared_lock_keys()):
+                # Renewed under the job's locks, which a cleanup sweep takes exclusively
+                # before it deletes: it sees the lease, or deleted before the job looked.
+                for name in leased:
+                    self.leases.renew(name, hold)
+                result = await handler(cmd, self.ctx)
+                for name in leased:  # the lease runs from the job's success
+                    self.leases.renew(name, hold)
+                return result
         except VnetdError:
             raise
         except Exception as exc:

@@ -6,6 +6,7 @@ import asyncio
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
@@ -15,6 +16,7 @@ from vnetd.amqp import topology
 from vnetd.amqp.connection import BrokerLink
 from vnetd.amqp.consumer import JobConsumer, JobObserver
 from vnetd.amqp.dedupe import ReplyCache
+from vnetd.amqp.quarantine import FlightRecorder, Quarantine
 from vnetd.config import Settings
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher
@@ -80,6 +82,18 @@ def _libvirt_components(rt: Runtime) -> list[Component]:
     backend = LibvirtBackend(lv.uri, adopt_unowned=lv.adopt_unowned)
     return [LibvirtWatcher(backend, rt.ctx, rt.states,
                            reconnect_max_seconds=lv.reconnect_max_seconds)]
+
+
+def _quarantine(s: Settings) -> Quarantine:
+    """The crash quarantine, or none when its state directory cannot be written."""
+    if s.amqp.quarantine_after_crashes == 0:
+        return Quarantine(None, 0)
+    try:
+        recorder = FlightRecorder(Path(s.amqp.state_dir) / s.host_id)
+        return Quarantine(recorder, s.amqp.quarantine_after_crashes)
+    except OSError as exc:
+        log.warning("quarantine_disabled", state_dir=s.amqp.state_dir, error=str(exc))
+        return Quarantine(None, 0)
 
 
 class Daemon:
@@ -152,7 +166,7 @@ class Daemon:
         dispatcher = rt.dispatcher or Dispatcher(build_registry(), rt.ctx)
         cache = ReplyCache(s.amqp.dedupe_window_seconds, s.amqp.dedupe_max_entries)
         self.consumer = JobConsumer(channel, topo.queue, dispatcher.execute, cache,
-                                    s.host_id, rt.observers)
+                                    s.host_id, rt.observers, _quarantine(s))
         await self.consumer.start()
 
     async def _shutdown(self) -> None:
@@ -163,4 +177,5 @@ class Daemon:
             left = await self.consumer.drain(self.settings.amqp.drain_timeout_seconds)
             if left:
                 log.warning("drain_timeout", left_for_redelivery=left)
+            self.consumer.quarantine.close_clean()
         log.info("stopped")
