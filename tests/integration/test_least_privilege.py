@@ -1,0 +1,95 @@
+"""The unit's privilege set is enough, and needed: CAP_NET_ADMIN alone, as a non-root user.
+
+vnetd.service runs as user vnetd with only CAP_NET_ADMIN (ambient and bounding),
+NoNewPrivileges and no CAP_SYS_ADMIN. Without systemd as PID 1 the unit itself
+cannot run here, so this reproduces its identity with setpriv(1): uid/gid 65534,
+no supplementary groups, capabilities reduced to CAP_NET_ADMIN, no_new_privs,
+inside a test namespace. The real handlers and netlink backend then create a
+bridge, a TAP with an owner and group, attach it, disable its IPv6 (per-device
+sysctl), and delete both. The same run without CAP_NET_ADMIN must fail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import netns as netns_mod
+
+pytestmark = pytest.mark.integration
+
+NOBODY = 65534
+SCRIPT = r"""
+import asyncio, json, sys
+from vnetd.contract.commands import parse_request
+from vnetd.contract.errors import VnetdError
+from vnetd.handlers.context import Context
+from vnetd.handlers.dispatch import Dispatcher
+from vnetd.handlers.policy import Policy
+from vnetd.handlers.registry import build_registry
+from vnetd.net.netlink import NetlinkBackend
+
+async def main():
+    net = NetlinkBackend(None)  # the namespace this process runs in
+    ctx = Context(host_id="lp", net=net, policy=Policy(), version="test")
+    dispatcher = Dispatcher(build_registry(), ctx)
+    out = []
+    for request in json.loads(sys.argv[1]):
+        try:
+            out.append({"ok": True, "result": await dispatcher.execute(parse_request(request))})
+        except VnetdError as exc:
+            out.append({"ok": False, "error": exc.to_dict()})
+            break
+    await net.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def _run(netns: str, requests: list[dict[str, object]], caps: str) -> list[dict[str, object]]:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) missing"
+    cmd = ["ip", "netns", "exec", netns, setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}",
+           "--clear-groups", f"--inh-caps=-all{caps}", f"--ambient-caps=-all{caps}",
+           f"--bounding-set=-all{caps}", "--no-new-privs", "--",
+           sys.executable, "-c", SCRIPT, json.dumps(requests)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result: list[dict[str, object]] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+def test_cap_net_admin_alone_is_enough(netns: str) -> None:
+    owner, group = 4_242_424, 4_242_425  # ids without a name: `ip` prints them as numbers
+    ensure = [
+        {"op": "bridge.ensure", "args": {"name": "lpbr0", "mtu": 1450}},
+        {"op": "tap.ensure", "args": {"name": "lptap0", "bridge": "lpbr0",
+                                      "owner_uid": owner, "group_gid": group}},
+    ]
+    replies = _run(netns, ensure, ",+net_admin")
+    assert [r["ok"] for r in replies] == [True, True], replies
+    tap = netns_mod.ip_json(netns, "-d", "link", "show", "lptap0")[0]
+    assert tap["master"] == "lpbr0"
+    info = tap["linkinfo"]["info_data"]
+    assert (int(info["user"]), int(info["group"])) == (owner, group), info
+    sysctl = netns_mod.run_in(netns, "cat", "/proc/sys/net/ipv6/conf/lptap0/disable_ipv6")
+    assert sysctl.stdout.strip() == "1"
+
+    replies = _run(netns, [{"op": "tap.delete", "args": {"name": "lptap0"}},
+                           {"op": "bridge.delete", "args": {"name": "lpbr0"}}], ",+net_admin")
+    assert [r["ok"] for r in replies] == [True, True], replies
+    assert [e["ifname"] for e in netns_mod.ip_json(netns, "link", "show")] == ["lo"]
+
+
+def test_without_cap_net_admin_nothing_is_created(netns: str) -> None:
+    replies = _run(netns, [{"op": "bridge.ensure", "args": {"name": "lpbr1"}}], "")
+    assert replies[0]["ok"] is False
+    error = replies[0]["error"]
+    assert isinstance(error, dict)
+    assert "not permitted" in str(error["message"]).lower() or "EPERM" in json.dumps(error), error
+    assert netns_mod.link(netns, "lpbr1") is None
