@@ -36,7 +36,7 @@ def _scratch_root(tmp_path: Path, units: dict[str, str]) -> Path:
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "lib/systemd").mkdir(parents=True)
     shutil.copytree(SYSTEM_UNITS, root / "lib/systemd/system", symlinks=True)
-    for binary in ("usr/local/bin/vnetd", "bin/kill"):
+    for binary in ("usr/local/bin/vnetd",):
         stub = root / binary
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text("#!/bin/sh\n")
