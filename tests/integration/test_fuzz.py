@@ -45,13 +45,13 @@ def mutate(rng: random.Random, seed: dict[str, Any]) -> Any:
         elif choice == 1 and isinstance(args, dict):
             args[rng.choice(["extra", "NAME", "mtu ", "__class__"])] = rng.choice(WEIRD)
         elif choice == 2 and isinstance(doc, dict):
-            doc["op"] = rng.choice(WEIRD + ["tap.ensure", "tap.nope", "batch"])
+            doc["op"] = rng.choice([*WEIRD, "tap.ensure", "tap.nope", "batch"])
         elif choice == 3 and isinstance(doc, dict):
             doc["args"] = rng.choice(WEIRD)
         elif choice == 4 and isinstance(args, dict) and args:
             del args[rng.choice(list(args))]
         else:
-            doc = rng.choice(WEIRD + [doc])
+            doc = rng.choice([*WEIRD, doc])
     return doc
 
 

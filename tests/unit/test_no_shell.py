@@ -18,12 +18,13 @@ def _violations(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             found += [f"import {a.name}" for a in node.names
                       if a.name.split(".")[0] in FORBIDDEN_MODULES]
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in FORBIDDEN_MODULES:
-            found.append(f"from {node.module} import ...")
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if (node.value.id, node.attr) in FORBIDDEN_CALLS or (
-                    node.value.id == "os" and node.attr.startswith(("exec", "spawn"))):
-                found.append(f"{node.value.id}.{node.attr}")
+        elif isinstance(node, ast.ImportFrom):
+            if (node.module or "").split(".")[0] in FORBIDDEN_MODULES:
+                found.append(f"from {node.module} import ...")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (
+                (node.value.id, node.attr) in FORBIDDEN_CALLS
+                or (node.value.id == "os" and node.attr.startswith(("exec", "spawn")))):
+            found.append(f"{node.value.id}.{node.attr}")
     return [f"{path}:{v}" for v in found]
 
 
