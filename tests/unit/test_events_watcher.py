@@ -199,18 +199,23 @@ async def test_overrun_during_start_still_starts_without_events() -> None:
     assert w.overruns == 1
 
 
-async def test_snapshot_provider_reads_view_and_position_together() -> None:
+async def test_snapshot_provider_dumps_then_reads_view_and_position_together() -> None:
     mon, sink = FakeMonitor(), Sink()
-    w = await started(mon, sink, [new(link(1, "lo", kind="loopback")), new(link(3, "br0",
-                                                                              kind="bridge"))],)
+    w = await started(mon, sink, [new(link(1, "lo", kind="loopback")),
+                                  new(link(3, "br0", kind="bridge")), new(link(5, "t1"))])
     w._fd = 1  # as if the loop were reading it
-    mon.queue = [new(link(4, "tap0", master=3))]  # queued, not yet read
     provide = w.snapshot_provider(lambda: {"epoch": "e", "sequence": len(sink.events)})
-    snap = await provide()
-    # the queued change was drained first: the event exists and the snapshot includes it
-    assert sink.types() == [("link.added", "tap0")]
-    assert snap["events"] == {"epoch": "e", "sequence": 1}
-    assert [x["name"] for x in snap["links"]] == ["lo", "br0", "tap0"]
+    task = asyncio.create_task(provide())
+    await asyncio.sleep(0)
+    # a notification queued before the dump, then the dump: t1's carrier changed
+    # without any notification (the kernel does that for a TAP that is down)
+    finish_dump(w, mon, [new(link(4, "tap0", master=3)), new(link(1, "lo", kind="loopback")),
+                         new(link(3, "br0", kind="bridge")), new(link(4, "tap0", master=3)),
+                         new(link(5, "t1", carrier=True))])
+    snap = await asyncio.wait_for(task, 1)
+    assert sink.types() == [("link.added", "tap0"), ("link.changed", "t1")]  # no host.resync
+    assert snap["events"] == {"epoch": "e", "sequence": 2}
+    assert [x["name"] for x in snap["links"]] == ["lo", "br0", "tap0", "t1"]
     assert snap["links"][2]["master"] == "br0"
     assert snap["addresses"] == []
 

@@ -49,7 +49,7 @@ TRACKED = (("name", "name"), ("kind", "kind"), ("up", "state"), ("oper_state", "
            ("carrier", "carrier"), ("mtu", "mtu"), ("mac", "mac"), ("master", "master"),
            ("alias", "alias"), ("bridge", "bridge"), ("tun", "tap"))
 MAX_DATAGRAMS_PER_WAKEUP = 256
-RESYNC_RETRY_SECONDS = 0.05
+SNAPSHOT = "snapshot"
 
 
 class Monitor(Protocol):
@@ -141,6 +141,8 @@ class NetlinkWatcher:
         if self.state == "stopped" and reason != "start":
             return
         if self._resync_reason is not None:
+            if self._resync_reason == SNAPSHOT:
+                self._resync_reason = reason  # it will report host.resync for this one
             return  # one is already under way (its dump starts after this loss)
         self._resync_reason = reason
         self._synced.clear()
@@ -223,14 +225,6 @@ class NetlinkWatcher:
             elif isinstance(msg, AddressEvent):
                 self._apply_addr(msg)
         self._flush()
-
-    def drain(self) -> None:
-        """Process everything queued on the socket now (before a snapshot is taken)."""
-        for _ in range(1000):
-            if self._fd is None or self._dump_seq is not None or self.state != "synced":
-                return
-            if self._read_once() <= 0:
-                return
 
     # ------------------------------------------------------------ live updates
     def _apply_link(self, msg: LinkEvent) -> None:
@@ -362,6 +356,8 @@ class NetlinkWatcher:
         if self._first_sync:
             self._first_sync = False
             changes = 0
+        elif reason == SNAPSHOT:
+            changes = self._emit_diff(dict(sorted(before_links.items())), before_addrs, names)
         else:
             ordered = dict(sorted(before_links.items()))
             changes = self._emit_diff(ordered, before_addrs, names)
@@ -378,24 +374,37 @@ class NetlinkWatcher:
             })
         self.state = "synced"
         self._synced.set()
-        log.info("netlink_synced", reason=reason, changes=changes, links=len(self.links),
+        (log.debug if reason == SNAPSHOT else log.info)(
+            "netlink_synced", reason=reason, changes=changes, links=len(self.links),
                  addresses=len(self.addrs), took_ms=round(took * 1000, 1))
 
     # ------------------------------------------------------------ snapshot
+    async def refresh(self) -> None:
+        """Dump on the watcher's own socket and publish any difference.
+
+        Some kernel state changes without a notification (a TAP's carrier while it
+        is down, TUNSETPERSIST/TUNSETOWNER after creation): a dump finds them.
+        """
+        await self.wait_synced()
+        if self._resync_reason is None and self._fd is not None:
+            self._resync_reason = SNAPSHOT
+            self._synced.clear()
+            self.state = "resyncing"
+            self._resync_started = time.perf_counter()
+            self._begin_dump("link")
+        await self.wait_synced()
+
     def snapshot_provider(self, position: Callable[[], dict[str, Any]]
                           ) -> Callable[[], Awaitable[dict[str, Any]]]:
         """For host.snapshot: links and addresses from the view, with the stream position.
 
-        The view and the position are read together on the event loop after
-        draining the socket, so every event up to `sequence` is in the view and
-        every later change comes with a larger sequence.
+        A dump on the watcher's socket brings the view up to date (differences
+        become ordinary events first); the view and the position are then read
+        together on the event loop, so every event up to `sequence` is in the
+        view and every later change comes with a larger sequence.
         """
         async def provide() -> dict[str, Any]:
-            for _ in range(100):
-                await self.wait_synced()
-                self.drain()
-                if self._synced.is_set():
-                    break
+            await self.refresh()
             names: dict[int, str] = {}
             return {
                 "links": [self._view(link, names) for _, link in sorted(self.links.items())],
