@@ -45,6 +45,7 @@ def inner(args: argparse.Namespace) -> int:
               workdir=lab.dir, suffix=lab.suffix)
     plan = Plan.quick() if args.quick else Plan.full(args.before)
     plan.profile = args.profile
+    plan.before_ref = args.before
     tree = export_tree(args.ref) if args.ref else None
     if tree is not None:
         env.daemon_env["PYTHONPATH"] = str(tree)

@@ -32,6 +32,10 @@ def medians(res: Results) -> dict[tuple[str, str, int], dict[str, float]]:
             "ops_per_s": statistics.median(r.ops_per_s for r in runs), "reps": len(runs)}
         p50 = [r.percentile(50) for r in runs if r.latencies_ms and len(r.latencies_ms) > 1]
         p99 = [r.percentile(99) for r in runs if r.latencies_ms and len(r.latencies_ms) > 1]
+        cpu = [r.server_cpu_ms for r in runs if r.server_cpu_ms is not None
+               and "subprocess" not in r.way and "ip -batch" not in r.way]
+        if cpu:
+            entry["server_cpu_ms"] = statistics.median(cpu)
         if p50:
             entry["p50_ms"] = statistics.median(p50)
             entry["p99_ms"] = statistics.median(p99)
@@ -127,11 +131,12 @@ def markdown(data: dict[str, Any]) -> str:
             continue
         lines += ["", f"## {scenario.capitalize()}: N TAPs "
                   f"{'created and attached' if scenario == 'plug' else 'deleted'}", "",
-                  "| N | way | ops/s | p50 ms | p99 ms | reps |", "|---|---|---|---|---|---|"]
+                  "| N | way | ops/s | p50 ms | p99 ms | server CPU ms/op | reps |",
+                  "|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: (r["n"], -r["ops_per_s"])):
             lines.append(f"| {r['n']} | {r['way']} | {_fmt(r['ops_per_s'])} | "
                          f"{_fmt(r.get('p50_ms'), 2)} | {_fmt(r.get('p99_ms'), 2)} | "
-                         f"{int(r['reps'])} |")
+                         f"{_fmt(r.get('server_cpu_ms'), 2)} | {int(r['reps'])} |")
     if data["scale"]:
         lines += ["", "## Scale: existing interfaces", "",
                   "| existing links | start to READY s | host.snapshot ms | links in snapshot "

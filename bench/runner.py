@@ -113,10 +113,14 @@ def export_tree(ref: str) -> Path:
 
 
 async def _start_daemon(env: Env, ns: str, tag: str, extra_env: dict[str, str] | None = None,
-                        ) -> DaemonProcess:
+                        *, minimal_config: bool = False) -> DaemonProcess:
     d = DaemonProcess(host_id=f"b-{env.suffix}-{tag}", amqp_url=env.amqp_url, netns=ns,
                       workdir=env.workdir / "daemons" / tag,
                       env={**env.daemon_env, **(extra_env or {})}, ready_timeout=60)
+    if minimal_config:  # an older vnetd refuses keys it does not know yet
+        d.config = {"host_id": d.host_id, "amqp": {"url": env.amqp_url, "prefetch": 128},
+                    "netlink": {"netns": ns}, "libvirt": {"enabled": False},
+                    "log": {"format": "json", "level": "info"}}
     await d.start()
     return d
 
@@ -148,7 +152,8 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
             before_dir = export_tree(plan.before_ref)
             try:
                 before = await _start_daemon(env, ns, "before",
-                                             {"PYTHONPATH": str(before_dir)})
+                                             {"PYTHONPATH": str(before_dir)},
+                                             minimal_config=True)
                 daemons.append(before)
             except Exception as exc:  # the old tree may not start: say so, go on
                 res.notes.append(f"vnetd at {plan.before_ref} did not start: {exc}"[:300])
@@ -179,14 +184,20 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
                     for label, prefix, plug, unplug in entries[shift:] + entries[:shift]:
                         names = ways.tap_names(prefix, n)
                         log(f"plug n={n} rep={rep + 1}: {label}")
+                        server = (responder.pid if label.startswith("no-op") else
+                                  before.pid if before and "before" in label else vnetd.pid)
                         try:
+                            cpu0 = ways.cpu_seconds(server)
                             r = await plug(names)
+                            r.server_cpu_ms = (ways.cpu_seconds(server) - cpu0) * 1000 / n
                             r.note = f"rep {rep + 1}"
                             res.runs.append(r)
                             if not label.startswith("no-op"):
                                 await asyncio.to_thread(check_plugged, ns, names)
                             if unplug is not None:
+                                cpu0 = ways.cpu_seconds(server)
                                 u = await unplug(names)
+                                u.server_cpu_ms = (ways.cpu_seconds(server) - cpu0) * 1000 / n
                                 u.note = f"rep {rep + 1}" + (f"; {u.note}" if u.note else "")
                                 res.runs.append(u)
                         finally:

@@ -8,6 +8,7 @@ latencies where the way has operations of its own (a job, a subprocess).
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import subprocess
 import time
@@ -30,6 +31,9 @@ class Run:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
     note: str = ""
+    server_cpu_ms: float | None = None
+    """CPU time (user+system) the serving process (vnetd or the no-op responder) spent
+    per operation during the run, where there is one."""
 
     @property
     def ops_per_s(self) -> float:
@@ -49,6 +53,13 @@ class Run:
                    mean_ms=_r(statistics.fmean(self.latencies_ms)) if self.latencies_ms
                    else None)
         return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process and all its threads so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _r(v: float | None) -> float | None:
