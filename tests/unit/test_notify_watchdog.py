@@ -54,12 +54,18 @@ async def test_pings_only_while_healthy() -> None:
         await asyncio.sleep(0.5)
         healthy = sent.count("WATCHDOG=1")
         assert healthy >= 3
+        # A dependency down is degraded, not dead: pings go on, STATUS says why.
         states["broker"] = "reconnecting"
+        alive[0] = False  # the consumer's channel is closed while the broker is away
         await asyncio.sleep(0.25)
         sent.clear()
         await asyncio.sleep(0.4)
-        assert "WATCHDOG=1" not in sent
-        assert wd.health().problems == ("broker unreachable (reconnecting)",)
+        assert "WATCHDOG=1" in sent
+        assert wd.health().ok
+        assert wd.degraded() == ("broker unreachable (reconnecting)",)
+        assert any(s.startswith("STATUS=degraded: broker unreachable") for s in sent)
+        sent.clear()
+        # Connected again, but the consumer did not come back: that is dead.
         states["broker"] = "connected"
         alive[0] = False
         await asyncio.sleep(0.4)

@@ -2,11 +2,15 @@
 
 A probe task wakes up often and measures how late the event loop runs it (loop
 lag). Every half WATCHDOG_USEC the component pings systemd if, since the last
-ping, the loop lag stayed under the limit, the job consumer is alive (once
-started) and the broker is connected. A hung loop sends nothing (the probe
-cannot run); a slow or unhealthy one skips pings, and systemd restarts the
-daemon after WatchdogSec. It also keeps the STATUS line current (ready or
-degraded, and why). Without WATCHDOG_USEC it only keeps STATUS.
+ping, the loop lag stayed under the limit and the job consumer is alive (once
+started). A hung loop sends nothing (the probe cannot run); a slow one, or a
+consumer the broker connection did not bring back, skips pings, and systemd
+restarts the daemon after WatchdogSec.
+
+A dependency that is down (the broker reconnecting, libvirtd restarting) makes
+the daemon *degraded*, not dead: it keeps pinging and says so on its STATUS
+line. Restarting it would not bring the broker back, and would throw away the
+events it buffers meanwhile. Without WATCHDOG_USEC it only keeps STATUS.
 """
 
 from __future__ import annotations
@@ -54,15 +58,20 @@ class Watchdog:
         self._failpoint = False
 
     def health(self) -> Health:
+        """Whether to ping: the loop is responsive and the consumer works or is recovering."""
         problems: list[str] = []
         if self.worst_lag > self.max_lag:
             problems.append(f"event loop lagged {self.worst_lag:.1f}s")
-        if self.consumer_alive() is False:
+        broker_up = self.states().get("broker") == "connected"
+        if self.consumer_alive() is False and broker_up:
+            # Connected but no consumer: the robust connection did not restore it.
             problems.append("job consumer stopped")
-        for name, state in sorted(self.states().items()):
-            if state not in ("connected", "disabled"):
-                problems.append(f"{name} {_describe(state)}")
         return Health(ok=not problems, problems=tuple(problems))
+
+    def degraded(self) -> tuple[str, ...]:
+        """Dependencies that are down: reported, not a reason to be restarted."""
+        return tuple(f"{name} {_describe(state)}" for name, state in sorted(self.states().items())
+                     if state not in ("connected", "disabled"))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,17 +108,18 @@ class Watchdog:
                 self.pings += 1
             elif not health.ok:
                 self.skipped += 1
-            self._report(health)
+            self._report(health, self.degraded())
             if health.ok != was_ok:
                 log.warning("health_changed", ok=health.ok, problems=list(health.problems))
                 was_ok = health.ok
 
 
-    def _report(self, health: Health) -> None:
+    def _report(self, health: Health, degraded: tuple[str, ...]) -> None:
         if self.notifier.is_stopping:
             return
-        if not health.ok:
-            self.notifier.status("degraded: " + ", ".join(health.problems))
+        problems = (*health.problems, *degraded)
+        if problems:
+            self.notifier.status("degraded: " + ", ".join(problems))
         elif self.notifier.ready_status is not None:
             self.notifier.status(self.notifier.ready_status)
 
