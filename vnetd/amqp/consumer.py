@@ -17,7 +17,7 @@ from vnetd.amqp import failpoints
 from vnetd.amqp.dedupe import ReplyCache
 from vnetd.amqp.outcome import Action, Outcome, failure, success
 from vnetd.amqp.quarantine import Quarantine, job_key
-from vnetd.contract.commands import Command, parse_request
+from vnetd.contract.commands import OPS, Command, parse_request
 from vnetd.contract.errors import Internal, InvalidArgument, VnetdError
 
 log = structlog.get_logger("vnetd.jobs")
@@ -126,14 +126,16 @@ class JobConsumer:
             await self._settle(message, outcome)
             self.quarantine.settled(key)
             log.error("poison_job_dead_lettered", key=key, message_id=message_id)
-            self._observe(message, "?", None, outcome, started)
+            self._observe(message, _op_label(message.body), None, outcome, started)
             return
         if message_id:
             self.cache.start(message_id)
         try:
             async with self.quarantine.running(key):
                 cmd, outcome = self._decode(message)
-                if cmd is not None:
+                if cmd is None:
+                    op = _op_label(message.body)
+                else:
                     op = cmd.op
                     try:
                         outcome = success(await self.execute(cmd))
@@ -211,3 +213,12 @@ class JobConsumer:
                 observer.job_finished(record)
             except Exception:
                 log.exception("job_observer_failed", observer=type(observer).__name__)
+
+
+def _op_label(body: bytes) -> str:
+    """The op a rejected job named, when it is a known one (bounded metric labels)."""
+    try:
+        op = orjson.loads(body).get("op")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "invalid"
+    return op if isinstance(op, str) and op in OPS else "invalid"
