@@ -63,9 +63,15 @@ def goals(res: Results, med: dict[tuple[str, str, int], dict[str, float]]) -> li
         out.append({"goal": f"rss_{s['existing_links']}",
                     "text": f"resident memory with {s['existing_links']} interfaces",
                     "target": "< 100 MB", "value": s["rss_mb"], "met": s["rss_mb"] < 100})
-    out.append({"goal": "event_p99", "text": "event latency p99 at 1,000 changes/s",
-                "target": "< 5 ms", "value": None, "met": None,
-                "note": res.unavailable.get("events", "")})
+    at_1000 = [e for e in res.events if e["rate_asked"] == 1000.0]
+    if at_1000 and at_1000[0]["p99_ms"] is not None:
+        p99 = at_1000[0]["p99_ms"]
+        out.append({"goal": "event_p99", "text": "event latency p99 at 1,000 changes/s",
+                    "target": "< 5 ms", "value": p99, "met": p99 < 5})
+    else:
+        out.append({"goal": "event_p99", "text": "event latency p99 at 1,000 changes/s",
+                    "target": "< 5 ms", "value": None, "met": None,
+                    "note": res.unavailable.get("events", "no figure")})
     return out
 
 
@@ -80,6 +86,7 @@ def write(res: Results, out_dir: Path) -> dict[str, Any]:
                      **{kk: round(v, 3) for kk, v in e.items()}} for k, e in sorted(med.items())],
         "runs": [r.summary() for r in res.runs],
         "scale": res.scale,
+        "events": res.events,
     }
     (out_dir / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
     (out_dir / "latest.md").write_text(markdown(data))
@@ -144,6 +151,21 @@ def markdown(data: dict[str, Any]) -> str:
         for s in data["scale"]:
             lines.append(f"| {s['existing_links']} | {s['ready_s']} | {s['snapshot_ms']} | "
                          f"{s['snapshot_links']} | {s['rss_mb']} | {s['peak_rss_mb']} |")
+    if data["events"]:
+        lines += ["", "## Events: kernel change to subscriber", "",
+                  "MTU changes on 20 TAPs at a fixed rate (raw RTM_NEWLINK, acknowledged), "
+                  "matched to the `link.changed` events a subscriber on `vnetd.events` "
+                  "receives. Changes the watcher folded into a later event are not timed.", "",
+                  "| rate asked /s | rate sent /s | changes | events matched | p50 ms | p99 ms "
+                  "| max ms | host.resync (overruns) | daemon CPU ms/change |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for e in data["events"]:
+            lines.append(f"| {e['rate_asked']} | {e['rate_sent']} | {e['changes']} | "
+                         f"{e['events_matched']} | {e['p50_ms']} | {e['p99_ms']} | "
+                         f"{e['max_ms']} | {e['resyncs']} | {e['daemon_cpu_ms_per_change']} |")
+        first = next((e for e in data["events"] if e["resyncs"]), None)
+        lines += ["", "First overrun: " + (f"at {first['rate_sent']} changes/s" if first else
+                                           "none at any rate tried")]
     lines += ["", "## Not measured", ""]
     for k, v in data["unavailable"].items():
         lines.append(f"- {k}: {v}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import scale, ways
+from bench import events, scale, ways
 from bench.lab import log, run
 from bench.ways import Run
 from tests.support.daemon import DaemonProcess
@@ -37,6 +37,8 @@ class Plan:
     concurrency: list[int]
     scale_links: list[int]
     sequential_unplug_max: int
+    event_rates: list[float | None] = field(default_factory=lambda: [100.0, 1000.0])
+    event_seconds: float = 2.0
     """Above this N, ways that delete one device at a time (~18 ms each) are not timed
     for unplug; their TAPs are removed with one group delete instead."""
     before_ref: str | None = None
@@ -46,13 +48,14 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(sizes=[100], reps={100: 1}, concurrency=[64], scale_links=[0, 1000],
-                   sequential_unplug_max=100)
+                   sequential_unplug_max=100, event_rates=[100.0, 1000.0], event_seconds=1.5)
 
     @classmethod
     def full(cls, before_ref: str | None) -> Plan:
         return cls(sizes=[100, 1000, 5000], reps={100: 3, 1000: 3, 5000: 1},
                    concurrency=[1, 16, 64], scale_links=[0, 1000, 10000],
-                   sequential_unplug_max=1000, before_ref=before_ref)
+                   sequential_unplug_max=1000, before_ref=before_ref,
+                   event_rates=[100.0, 1000.0, 2000.0, 5000.0, None], event_seconds=3.0)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Results:
     mode: str
     runs: list[Run] = field(default_factory=list)
     scale: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -269,6 +273,23 @@ async def _relabel(coro: Awaitable[Run], label: str) -> Run:
     return r
 
 
+async def events_scenario(env: Env, plan: Plan, res: Results) -> None:
+    ns = env.new_ns()
+    try:
+        await asyncio.to_thread(events.make_taps, ns)
+        daemon = await _start_daemon(env, ns, "events")
+        try:
+            await asyncio.sleep(1.0)  # the watcher's first sync
+            res.events = await events.measure(daemon, env.amqp_url, plan.event_rates,
+                                              plan.event_seconds)
+            for e in res.events:
+                log(f"events: {e}")
+        finally:
+            await daemon.stop()
+    finally:
+        env.del_ns(ns)
+
+
 async def scale_scenario(env: Env, plan: Plan, res: Results) -> None:
     for count in plan.scale_links:
         ns = env.new_ns()
@@ -300,29 +321,33 @@ def machine() -> dict[str, Any]:
     }
 
 
-def availability(res: Results) -> None:
-    has_events = (REPO_ROOT / "vnetd" / "watchers" / "netlink.py").exists() and bool(
-        _git("log", "--oneline", "-1", "--", "vnetd/watchers/netlink.py"))
+def availability(res: Results) -> bool:
+    """Record what cannot be measured; True when the event stream can be."""
+    has_events = bool(_git("log", "--oneline", "-1", "--", "vnetd/watchers/netlink.py"))
     if not has_events:
         res.unavailable["events"] = (
             f"{NOT_AVAILABLE}: the event stream (vnetd/watchers/netlink.py) has not landed "
             "on main yet")
-    else:
-        res.unavailable["events"] = (
-            f"{NOT_AVAILABLE}: the event stream landed but this benchmark has no "
-            "scenario for it yet")
     has_libvirt = bool(_git("log", "--oneline", "-1", "--", "tests/support/libvirtd.py"))
     res.unavailable["libvirt"] = (
-        f"{NOT_AVAILABLE}: " + ("the libvirt ops landed but this benchmark has no scenario "
-                                "for them yet" if has_libvirt else
+        f"{NOT_AVAILABLE}: " + ("the libvirt ops and the private-libvirtd fixture landed "
+                                "during this work; this benchmark has no scenario for them "
+                                "yet" if has_libvirt else
                                 "the libvirt ops and the private-libvirtd fixture have not "
                                 "landed on main yet"))
+    return has_events
 
 
 async def run_all(env: Env, plan: Plan, mode: str) -> Results:
     res = Results(mode=mode, meta=machine())
-    availability(res)
+    with_events = availability(res)
     t0 = time.perf_counter()
+    if with_events:
+        try:
+            await events_scenario(env, plan, res)
+        except Exception as exc:  # report it, measure the rest
+            res.unavailable["events"] = f"failed: {type(exc).__name__}: {exc}"[:400]
+            log(f"events scenario failed: {exc!r}")
     await plug_unplug(env, plan, res)
     await scale_scenario(env, plan, res)
     res.meta["loadavg_end"] = os.getloadavg()

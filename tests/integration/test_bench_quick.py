@@ -50,5 +50,9 @@ async def test_quick_bench_ratios(lab: Lab, netns_factory: NetnsFactory, tmp_pat
     unplug_ip = _ops(data, "unplug", "ip -batch")
     assert unplug_e2e >= 1.5 * unplug_ip, data["medians"]
 
+    # The event scenario ran and matched kernel changes to the events they caused.
+    assert data["events"], data["unavailable"]
+    assert data["events"][0]["events_matched"] > 0, data["events"]
+
     scale = {s["existing_links"]: s for s in data["scale"]}
     assert scale[1000]["snapshot_links"] >= 1000
