@@ -247,8 +247,11 @@ async def test_plug_racing_a_zero_grace_sweep_never_loses_a_device(
     succeeded is still there, attached, after them (its lease outlives the test)."""
     d = await start_daemon(netns, cleanup=cleanup_cfg(interval_seconds=0.02,
                                                       lease_seconds=3600))
-    assert (await rpc.call(d.host_id, "bridge.ensure", {"name": "brr"}))["ok"]
     n = RACE_ITERATIONS
+    per_bridge = 500  # a Linux bridge takes at most 1024 ports (BR_MAX_PORTS)
+    bridges = [f"brr{k}" for k in range((n + per_bridge - 1) // per_bridge)]
+    for br in bridges:
+        assert (await rpc.call(d.host_id, "bridge.ensure", {"name": br}))["ok"]
     # Every plugged name first exists as a leftover: owned, idle, past its grace, so
     # each sweep wants it gone, right while a job takes it over.
     batch = "".join(f"tuntap add dev r{i} mode tap\nlink set r{i} alias vnetd:v1\n"
@@ -274,8 +277,8 @@ async def test_plug_racing_a_zero_grace_sweep_never_loses_a_device(
                 return name, False
             if t["result"]["created"]:  # a sweep had removed the leftover just before
                 recreated.append(name)
-            a = await rpc.call(d.host_id, "port.attach", {"name": name, "bridge": "brr"},
-                               timeout=60)
+            a = await rpc.call(d.host_id, "port.attach",
+                               {"name": name, "bridge": bridges[i // per_bridge]}, timeout=60)
             return name, bool(a["ok"])
 
     task = asyncio.create_task(sweeper())
@@ -288,8 +291,8 @@ async def test_plug_racing_a_zero_grace_sweep_never_loses_a_device(
     final = await sweep(rpc, d)  # one more, after every job answered
     links = ns_mod.links(netns)
     plugged = [name for name, ok in results if ok]
-    lost = [name for name in plugged
-            if name not in links or links[name].get("master") != "brr"]
+    lost = [name for name in plugged if name not in links
+            or links[name].get("master") != bridges[int(name[1:]) // per_bridge]]
     removed = sum(s["removed"] for s in [*sweeps, final])
     print(f"race: {n} iterations, {len(plugged)} plugged ok, {len(recreated)} leftovers "
           f"removed by a sweep right before their job, {len(sweeps) + 1} sweeps by "
