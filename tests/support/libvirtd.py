@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -171,3 +172,13 @@ class PrivateLibvirtd:
         if check and proc.returncode != 0:
             raise LibvirtdError(f"virsh {' '.join(args)}: {proc.stderr.strip()}")
         return proc
+
+
+def session_libvirtd(root: Path) -> Iterator[PrivateLibvirtd]:
+    """Body of a (module- or session-scoped) fixture: start, yield, always stop."""
+    d = PrivateLibvirtd(root)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()

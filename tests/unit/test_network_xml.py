@@ -76,20 +76,21 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "macvtap-bridge": (
         {"kind": "macvtap", "devices": ["eth1", "eth2"]},
         """<network><name>n</name>
-          <forward mode='bridge'><interface dev='eth1'/><interface dev='eth2'/></forward>
+          <forward dev='eth1' mode='bridge'><interface dev='eth1'/><interface dev='eth2'/></forward>
         </network>"""),
     "macvtap-vepa": (
         {"kind": "macvtap", "mode": "vepa", "devices": ["eth1"]},
-        """<network><name>n</name><forward mode='vepa'><interface dev='eth1'/></forward>
+        """<network><name>n</name><forward dev='eth1' mode='vepa'><interface dev='eth1'/></forward>
         </network>"""),
     "macvtap-private": (
         {"kind": "macvtap", "mode": "private", "devices": ["eth1"]},
-        """<network><name>n</name><forward mode='private'><interface dev='eth1'/></forward>
-        </network>"""),
+        """<network><name>n</name>
+          <forward dev='eth1' mode='private'><interface dev='eth1'/></forward></network>"""),
     "macvtap-passthrough": (
         {"kind": "macvtap", "mode": "passthrough", "devices": ["eth3", "eth4"]},
         """<network><name>n</name>
-          <forward mode='passthrough'><interface dev='eth3'/><interface dev='eth4'/></forward>
+          <forward dev='eth3' mode='passthrough'>
+            <interface dev='eth3'/><interface dev='eth4'/></forward>
         </network>"""),
     "hostdev-pf": (
         {"kind": "hostdev", "pf": "enp3s0f0"},

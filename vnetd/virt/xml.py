@@ -137,7 +137,8 @@ def build(name: str, spec: NetworkSpec, uuid: str | None = None) -> ET.Element:
         _sub(root, "forward", mode="bridge")
         _sub(root, "bridge", name=spec.bridge)
     elif isinstance(spec, MacvtapSpec):
-        fwd = _sub(root, "forward", mode=spec.mode)
+        # libvirt names the first device in `dev` too; so does vnetd, to read back equal.
+        fwd = _sub(root, "forward", dev=spec.devices[0], mode=spec.mode)
         for dev in spec.devices:
             _sub(fwd, "interface", dev=dev)
     elif isinstance(spec, HostdevSpec):
