@@ -107,12 +107,16 @@ async def test_changes_added_changed_removed_and_duplicates_coalesce() -> None:
     assert sink.types() == [("link.added", "tap0")]
     w.feed([new(t)])
     assert len(sink.events) == 1  # nothing changed: no event
-    w.feed([new(link(5, "tap0", up=True)), new(link(5, "tap0", up=True, mtu=1400))])
+    w.feed([new(link(5, "tap0", up=True, mtu=1400)), new(link(5, "tap0", up=True, mtu=1400))])
     (_, _, data) = sink.events[-1]
-    assert len(sink.events) == 2  # one batch, one event
+    assert len(sink.events) == 2  # one change, one event
     assert data["changes"] == ["state", "mtu"]
     assert data["previous"] == {"state": "down", "mtu": 1500}
     assert data["state"] == "up" and data["mtu"] == 1400
+    # a change and its reversal are two transitions: two events, even in one read
+    w.feed([new(link(5, "tap0", up=True, mtu=1500)), new(link(5, "tap0", up=True, mtu=1400))])
+    assert [d["mtu"] for _, _, d in sink.events[-2:]] == [1500, 1400]
+    assert len(sink.events) == 4
 
     w.feed([new(link(7, "br0", kind="bridge"))])
     w.feed([new(link(5, "tap0", up=True, mtu=1400, master=7))])
@@ -133,11 +137,13 @@ async def test_changes_added_changed_removed_and_duplicates_coalesce() -> None:
     assert sink.events[-1][2]["index"] == 5
 
 
-async def test_created_and_deleted_in_one_batch_gives_nothing() -> None:
+async def test_events_follow_the_kernel_order() -> None:
     mon, sink = FakeMonitor(), Sink()
     w = await started(mon, sink, [])
-    w.feed([new(link(9, "x")), gone(link(9, "x"))])
-    assert sink.events == []
+    w.feed([new(link(9, "x")), AddressEvent(False, addr(9)), AddressEvent(False, addr(9)),
+            gone(link(9, "x")), AddressEvent(True, addr(9))])
+    assert sink.types() == [("link.added", "x"), ("address.added", "x"),
+                            ("address.removed", "x"), ("link.removed", "x")]
 
 
 async def test_overrun_reopens_dumps_and_publishes_the_difference() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from aio_pika.exceptions import AMQPConnectionError
 
+from vnetd.cli import events as events_cli
 from vnetd.cli import render as r
 from vnetd.cli.render import render
 from vnetd.client import CallTimeout, Reply, VnetClient
@@ -279,6 +280,9 @@ def _status(ns: argparse.Namespace, replies: list[Reply]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if events_cli.wants(argv):  # `vnetctl events ...`: its own options (vnetd/cli/events.py)
+        return events_cli.main(argv, _config_defaults()[0])
     ns = _parser().parse_args(argv)
     try:
         if ns.op in LOCAL:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from vnetd.contract.events import EventSink
 
 READ_ONLY_OPS = frozenset({"host.health", "host.snapshot", "bridge.list", "link.list",
-                           "network.list", "network.get"})
+                           "network.list", "network.dumpxml"})
 BATCH_SUMMARY = ("completed", "failed", "skipped")
 
 

@@ -109,18 +109,30 @@ class Control:
 Message = LinkEvent | AddressEvent | Control
 
 
-def _attrs(buf: bytes | bytearray | memoryview, start: int, end: int) -> dict[int, memoryview]:
-    """rtattr TLVs in buf[start:end] by type (the last one of a type wins)."""
+def _attrs(buf: bytes | bytearray | memoryview, start: int, end: int,
+           wanted: frozenset[int] | None = None) -> dict[int, memoryview]:
+    """rtattr TLVs in buf[start:end] by type (the last one of a type wins).
+
+    With `wanted`, only those types are sliced out: an RTM_NEWLINK carries some
+    fifty attributes (statistics, queues, ...) and vnetd reads about ten.
+    """
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
     out: dict[int, memoryview] = {}
+    unpack = _RTATTR.unpack_from
     pos = start
     while pos + 4 <= end:
-        length, kind = _RTATTR.unpack_from(mv, pos)
+        length, kind = unpack(mv, pos)
         if length < 4 or pos + length > end:
             break
-        out[kind & NLA_TYPE_MASK] = mv[pos + 4:pos + length]
+        kind &= NLA_TYPE_MASK
+        if wanted is None or kind in wanted:
+            out[kind] = mv[pos + 4:pos + length]
         pos += (length + 3) & ~3
     return out
+
+
+_LINK_ATTRS = frozenset({IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_OPERSTATE,
+                         IFLA_LINKINFO, IFLA_IFALIAS, IFLA_CARRIER})
 
 
 def _str(value: memoryview) -> str:
@@ -147,7 +159,7 @@ def decode_link(buf: bytes | bytearray | memoryview, start: int, end: int) -> Li
     Gives what net/netlink.py's parse_link gives from pyroute2's decode.
     """
     _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(buf, start)
-    at = _attrs(buf, start + _IFINFOMSG.size, end)
+    at = _attrs(buf, start + _IFINFOMSG.size, end, _LINK_ATTRS)
     name = _str(at[IFLA_IFNAME]) if IFLA_IFNAME in at else ""
     kind = "device"
     bridge = tun = None

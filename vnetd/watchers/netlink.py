@@ -1,11 +1,10 @@
 """The netlink watcher: the kernel's links and addresses as events.
 
 Keeps a view of every link and address of the target namespace, fed by its
-own subscribed netlink socket (net/monitor.py). Each batch of notifications
-read from the socket is applied to the view, then every object the batch
-touched is compared with its state before the batch: one event per object
-that really changed (the kernel's duplicate notifications coalesce to one
-event, or none). `link.changed` carries what changed and the previous values.
+own subscribed netlink socket (net/monitor.py). Each notification is compared
+with the view: one event per real change, in the kernel's order, and none for
+the kernel's duplicate notifications of an unchanged state (they coalesce).
+`link.changed` carries what changed and the previous values.
 
 Loss: on ENOBUFS (or a broker reconnect, or an explicit request) the watcher
 reopens its socket, dumps links and addresses on it (the answers arrive in
@@ -50,6 +49,7 @@ TRACKED = (("name", "name"), ("kind", "kind"), ("up", "state"), ("oper_state", "
            ("alias", "alias"), ("bridge", "bridge"), ("tun", "tap"))
 MAX_DATAGRAMS_PER_WAKEUP = 256
 SNAPSHOT = "snapshot"
+_NO_NAMES: dict[int, str] = {}
 
 
 class Monitor(Protocol):
@@ -79,18 +79,6 @@ def link_changes(before: Link, after: Link) -> list[str]:
     return changes
 
 
-class _Batch:
-    """What one batch of notifications touched: the state of each object before it."""
-
-    __slots__ = ("addrs", "links", "names")
-
-    def __init__(self) -> None:
-        self.links: dict[int, Link | None] = {}
-        self.addrs: dict[AddrKey, Address | None] = {}
-        self.names: dict[int, str] = {}
-        """Names of links removed in this batch (for the events that follow)."""
-
-
 class NetlinkWatcher:
     name = "watcher.netlink"
 
@@ -105,7 +93,6 @@ class NetlinkWatcher:
         self.state = "stopped"
         self._loop_reader = loop_reader
         self._fd: int | None = None
-        self._batch = _Batch()
         self._synced = asyncio.Event()
         self._resync_reason: str | None = None
         self._resync_task: asyncio.Task[None] | None = None
@@ -208,7 +195,6 @@ class NetlinkWatcher:
     def _restart_resync(self, reason: str) -> None:
         # Whatever this socket still held is lost with it: the dump that follows
         # re-reads the kernel, and the diff against the view publishes the rest.
-        self._batch = _Batch()
         self._dump_seq = None
         self._resync_reason = None
         if self._first_sync:
@@ -224,36 +210,55 @@ class NetlinkWatcher:
                 self._apply_link(msg)
             elif isinstance(msg, AddressEvent):
                 self._apply_addr(msg)
-        self._flush()
 
     # ------------------------------------------------------------ live updates
+    # Each notification is compared with the view at once: one event per real
+    # change, none for the kernel's repeats of the same state.
     def _apply_link(self, msg: LinkEvent) -> None:
         link = msg.link
         idx = link.index
-        batch = self._batch
-        if idx not in batch.links:
-            batch.links[idx] = self.links.get(idx)
+        before = self.links.get(idx)
         if msg.deleted:
-            gone = self.links.pop(idx, None)
-            if gone is not None:
-                batch.names[idx] = gone.name
-                for key in [k for k in self.addrs if k[0] == idx]:
-                    if key not in batch.addrs:
-                        batch.addrs[key] = self.addrs[key]
-                    del self.addrs[key]
-        else:
-            self.links[idx] = link
+            if before is None:
+                return
+            del self.links[idx]
+            names = {idx: before.name}
+            for key in [k for k in self.addrs if k[0] == idx]:
+                gone = self.addrs.pop(key)
+                self.sink.emit("address.removed", before.name, address_data(gone, before.name))
+            self.sink.emit("link.removed", before.name, self._view(before, names))
+            return
+        self.links[idx] = link
+        if before is None:
+            self.sink.emit("link.added", link.name, self._view(link, _NO_NAMES))
+            return
+        self._emit_changed(before, link, _NO_NAMES)
 
     def _apply_addr(self, msg: AddressEvent) -> None:
         addr = msg.address
         key = addr.key
-        batch = self._batch
-        if key not in batch.addrs:
-            batch.addrs[key] = self.addrs.get(key)
         if msg.deleted:
-            self.addrs.pop(key, None)
-        elif addr.index in self.links:
+            if self.addrs.pop(key, None) is None:
+                return
+            name = self._name(addr.index, _NO_NAMES)
+            self.sink.emit("address.removed", name, address_data(addr, name))
+        elif addr.index in self.links and key not in self.addrs:
             self.addrs[key] = addr
+            name = self._name(addr.index, _NO_NAMES)
+            self.sink.emit("address.added", name, address_data(addr, name))
+        elif addr.index in self.links:
+            self.addrs[key] = addr  # same address, other flags: not a change we report
+
+    def _emit_changed(self, before: Link, after: Link, names: dict[int, str]) -> bool:
+        changes = link_changes(before, after)
+        if not changes:
+            return False
+        data = self._view(after, names)
+        old = self._view(before, names)
+        data["changes"] = changes
+        data["previous"] = {k: old[k] for k in changes if k in old}
+        self.sink.emit("link.changed", after.name, data)
+        return True
 
     def _name(self, index: int | None, names: dict[int, str]) -> str | None:
         if index is None:
@@ -263,13 +268,6 @@ class NetlinkWatcher:
 
     def _view(self, link: Link, names: dict[int, str]) -> dict[str, Any]:
         return link_view(link, self._name(link.master, names))
-
-    def _flush(self) -> None:
-        batch = self._batch
-        if not batch.links and not batch.addrs:
-            return
-        self._batch = _Batch()
-        self._emit_diff(batch.links, batch.addrs, batch.names)
 
     def _emit_diff(self, links: dict[int, Link | None], addrs: dict[AddrKey, Address | None],
                    names: dict[int, str]) -> int:
@@ -287,13 +285,7 @@ class NetlinkWatcher:
                 emit("link.added", after.name, self._view(after, names))
                 count += 1
                 continue
-            changes = link_changes(before, after)
-            if changes:
-                data = self._view(after, names)
-                old = self._view(before, names)
-                data["changes"] = changes
-                data["previous"] = {k: old[k] for k in changes if k in old}
-                emit("link.changed", after.name, data)
+            if self._emit_changed(before, after, names):
                 count += 1
         for key, prev in addrs.items():
             now = self.addrs.get(key)
