@@ -281,6 +281,20 @@ async def test_transient_create(run: Call, virt: FakeVirt) -> None:
     assert "t1" not in virt.nets
 
 
+async def test_transient_create_with_ttl_marks_expiry(run: Call, virt: FakeVirt) -> None:
+    import time
+
+    from vnetd.virt.references import expires_of
+    before = time.time()
+    await run("network.create", name="t2", spec=NAT, ttl_seconds=600)
+    expires = expires_of(await virt.get_network("t2"))  # type: ignore[arg-type]
+    assert expires is not None and before + 599 <= expires <= time.time() + 601
+    await run("network.create", name="t3", spec=NAT)
+    assert expires_of(await virt.get_network("t3")) is None  # type: ignore[arg-type]
+    assert (await error(run, "network.create", name="t4", spec=NAT,
+                        ttl_seconds=0))["code"] == "invalid_argument"
+
+
 async def test_raw_xml_checked_before_any_effect(run: Call, virt: FakeVirt) -> None:
     err = await error(run, "network.define", name="x1",
                       xml="<!DOCTYPE n [<!ENTITY e 'x'>]><network><name>x1</name></network>")

@@ -303,6 +303,9 @@ class NetworkCreate(_WithDefinition):
     """`virsh net-create`: a transient network, gone when stopped."""
 
     op: ClassVar[str] = "network.create"
+    ttl_seconds: int | None = Field(
+        default=None, ge=1, le=30 * 86_400,
+        description="cleanup destroys the network this long after creation")
 
 
 class NetworkStart(_NetworkCommand):

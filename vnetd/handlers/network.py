@@ -10,6 +10,7 @@ to start them, or when libvirt itself reports the missing feature.
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable
 from dataclasses import replace
@@ -211,7 +212,9 @@ async def create(cmd: NetworkCreate, ctx: Context) -> dict[str, Any]:
                        + ("" if existing.active else " (inactive: use network.start)"),
                        name=cmd.name, active=existing.active, persistent=existing.persistent)
     await _check_runnable(desired, ctx)
-    await _call(virt.create(xml.to_string(xml.with_marker(desired, ctx.version))), cmd.name, kind)
+    expires = time.time() + cmd.ttl_seconds if cmd.ttl_seconds else None
+    marked = xml.with_marker(desired, ctx.version, expires)
+    await _call(virt.create(xml.to_string(marked)), cmd.name, kind)
     return {**view(await _state(virt, cmd.name)), "created": True, "changed": True}
 
 

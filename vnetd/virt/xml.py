@@ -211,8 +211,9 @@ def digest(root: ET.Element) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def with_marker(root: ET.Element, version: str) -> ET.Element:
-    """A copy of `root` with the vnetd ownership marker in <metadata> (after uuid)."""
+def with_marker(root: ET.Element, version: str, expires: float | None = None) -> ET.Element:
+    """A copy of `root` with the vnetd ownership marker in <metadata> (after uuid);
+    `expires` (unix seconds) is the end of a transient network's time to live."""
     copy = deepcopy(root)
     d = digest(copy)
     _strip_marker(copy)
@@ -223,7 +224,10 @@ def with_marker(root: ET.Element, version: str) -> ET.Element:
         while pos < len(copy) and copy[pos].tag in ("name", "uuid"):
             pos += 1
         copy.insert(pos, meta)
-    ET.SubElement(meta, MARKER, {"digest": d, "version": version})
+    attrs = {"digest": d, "version": version}
+    if expires is not None:
+        attrs["expires"] = f"{expires:.0f}"
+    ET.SubElement(meta, MARKER, attrs)
     return copy
 
 
