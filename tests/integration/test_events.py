@@ -163,3 +163,27 @@ async def test_snapshot_then_events_follow_the_kernel(start_daemon, lab: Lab, ne
         assert not follower.gaps
         assert {v["name"] for v in follower.links.values()} == \
             {e["ifname"] for e in kernel_links(netns).values()}
+
+
+async def test_vnetctl_events_prints_one_line_per_event(start_daemon, lab: Lab, netns: str,
+                                                        amqp_url: str) -> None:
+    import sys
+    from pathlib import Path
+    host = DaemonProcess.new_host_id(lab.suffix)
+    await start_daemon(netns=netns, host_id=host)
+    vnetctl = str(Path(sys.executable).parent / "vnetctl")
+    proc = await asyncio.create_subprocess_exec(
+        vnetctl, "--url", amqp_url, "events", "--host", host, "--type", "link.*",
+        "--count", "2", "--timeout", "20", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(1.5)  # let it bind its queue
+    ip(netns, "tuntap", "add", "dev", "clitap", "mode", "tap")
+    ip(netns, "link", "set", "clitap", "mtu", "1300")
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert f" {host} #" in lines[0] and " link.added clitap tap down mtu 1500" in lines[0]
+    # (the kernel does not notify TUNSETPERSIST nor the carrier drop of a down TAP:
+    # the next notification carries them, so they may appear in this line too)
+    assert "link.changed clitap " in lines[1] and "mtu 1500->1300" in lines[1]

@@ -90,6 +90,17 @@ def test_bridge_and_tun_and_plain_devices() -> None:
     assert mine(encode_link(4, "tun0", linkinfo=tap_info(tun_type=1))).link.kind == "tun"
 
 
+def test_bridge_port_notices_are_not_link_events() -> None:
+    # a port leaving a bridge: RTM_DELLINK with family AF_BRIDGE; the link stays
+    m = ifinfmsg()
+    m["header"]["type"] = 17
+    m["family"] = socket.AF_BRIDGE
+    m["index"] = 7
+    m["attrs"] = [("IFLA_IFNAME", "tap0"), ("IFLA_MASTER", 3)]
+    m.encode()
+    assert monitor.decode(bytes(m.data)) == []
+
+
 def test_dellink_is_marked_deleted() -> None:
     ev = mine(encode_link(7, "tap0", mtype=17))
     assert ev.deleted

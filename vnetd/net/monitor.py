@@ -234,7 +234,11 @@ def decode(buf: bytes | bytearray | memoryview, size: int | None = None) -> list
             break
         body, end = pos + _NLMSGHDR.size, pos + length
         if mtype in (RTM_NEWLINK, RTM_DELLINK):
-            out.append(LinkEvent(mtype == RTM_DELLINK, decode_link(buf, body, end)))
+            # AF_BRIDGE messages on the link group are bridge *port* notices (a port
+            # joining or leaving a bridge sends RTM_DELLINK/AF_BRIDGE while the link
+            # itself stays): the link's own AF_UNSPEC message tells its state.
+            if buf[body] != socket.AF_BRIDGE:
+                out.append(LinkEvent(mtype == RTM_DELLINK, decode_link(buf, body, end)))
         elif mtype in (RTM_NEWADDR, RTM_DELADDR):
             addr = decode_address(buf, body, end)
             if addr is not None:
