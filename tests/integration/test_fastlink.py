@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 
 import pytest
@@ -126,3 +127,22 @@ async def test_concurrent_deletes_are_batched_and_touch_nothing_else(netns: str)
     left = set(netns_mod.links(netns))
     assert "keep0" in left
     assert not any(n.startswith("d") and n[1:].isdigit() for n in left)
+
+
+async def test_concurrent_tap_creation_leaks_no_descriptors(netns: str) -> None:
+    """64 at once, as jobs in flight do: every descriptor opened ahead is used or closed."""
+    before = len(os.listdir("/proc/self/fd"))
+    net = NetlinkBackend(netns)
+    try:
+        sem = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await net.add_tap(TapSpec(name=f"c{i}"))
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+    finally:
+        await net.close()
+    assert len(os.listdir("/proc/self/fd")) <= before
+    names = set(netns_mod.links(netns))
+    assert {f"c{i}" for i in range(300)} <= names

@@ -122,6 +122,7 @@ class NetlinkBackend:
         self._link = FastLink(self._worker.call(FastLink.open_socket))
         self._ipr: Any = None
         self._tun_fds: list[int] = []
+        self._tun_refill = asyncio.Lock()
         self._deletes: list[tuple[int, asyncio.Future[None]]] = []
         self._deleting: asyncio.Task[None] | None = None
 
@@ -181,9 +182,13 @@ class NetlinkBackend:
                          lambda: self._link.add_bridge(name, mtu, mac, options))
 
     async def add_tap(self, spec: TapSpec) -> None:
-        if not self._tun_fds:
-            self._tun_fds = await self._worker_call("open /dev/net/tun", tun.open_tun_fds,
-                                                    TUN_FDS_AHEAD)
+        while not self._tun_fds:
+            # One refill at a time: concurrent callers wait for it instead of each
+            # opening (and overwriting) a set of their own.
+            async with self._tun_refill:
+                if not self._tun_fds:
+                    self._tun_fds.extend(await self._worker_call(
+                        "open /dev/net/tun", tun.open_tun_fds, TUN_FDS_AHEAD))
         # The ioctls take well under a millisecond, like a netlink request sent from
         # the loop; a hop to the worker thread costs more than that on a busy machine.
         fd = self._tun_fds.pop()
