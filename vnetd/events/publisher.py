@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
@@ -100,17 +102,27 @@ class EventPublisher:
             await asyncio.sleep(0)
 
     async def _publish(self, event: Event) -> object:
-        assert self._exchange is not None
+        assert self._channel is not None
         body = encode(event, self.bus.host_id, self.bus.epoch)
-        message = aio_pika.Message(
+        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        # aiormq directly, with wait=False: the frame is queued for the writer and the
+        # channel lock released at once, so publishes are not serialized one socket
+        # drain at a time (aio-pika's Exchange.publish waits for each drain; that
+        # capped the stream near 1,000 events/s here). Confirms still arrive per
+        # message; a nack raises DeliveryError.
+        return await channel.basic_publish(
             body,
-            content_type=CONTENT_TYPE,
-            message_id=event_id(self.bus.epoch, event.sequence),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            exchange=self.exchange_name,
+            routing_key=routing_key(self.bus.host_id, event.type),
+            properties=aiormq.spec.Basic.Properties(
+                content_type=CONTENT_TYPE,
+                message_id=event_id(self.bus.epoch, event.sequence),
+                delivery_mode=2,  # persistent: survives a broker restart in durable queues
+            ),
+            mandatory=False,
+            wait=False,
+            timeout=PUBLISH_TIMEOUT,
         )
-        return await self._exchange.publish(
-            message, routing_key(self.bus.host_id, event.type), mandatory=False,
-            timeout=PUBLISH_TIMEOUT)
 
     def _on_done(self, _task: asyncio.Task[object]) -> None:
         # Settle strictly from the head so events leave the bus in order.
