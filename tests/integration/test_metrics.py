@@ -69,8 +69,8 @@ async def test_scrape_during_a_run(start_daemon: StartDaemon, netns: str, amqp_u
         return _value(after, name, **labels) - _value(before, name, **labels)
 
     assert moved("vnetd_jobs_total", op="tap.ensure", outcome="ok") == 5
-    # A job refused by validation has no parsed op: the consumer reports it as "?".
-    assert moved("vnetd_jobs_total", op="invalid", outcome="invalid_argument") == 1
+    # A job refused by validation is counted under the known op it named.
+    assert moved("vnetd_jobs_total", op="tap.ensure", outcome="invalid_argument") == 1
     assert moved("vnetd_jobs_total", op="bridge.ensure", outcome="ok") == 1
     assert moved("vnetd_jobs_duplicate_total") == 1
     assert moved("vnetd_job_duration_seconds_count", op="tap.ensure") == 5

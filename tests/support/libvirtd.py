@@ -36,7 +36,8 @@ mount --bind "$R/log" /var/log/libvirt
 mount --bind "$R/etc" /etc/libvirt
 mkdir -p /run/libvirt
 mount --bind "$R/run" /run/libvirt
-exec ip netns exec "$NS" /usr/sbin/libvirtd --config "$R/etc/libvirtd.conf" --pid-file "$R/libvirtd.pid"
+exec ip netns exec "$NS" /usr/sbin/libvirtd --config "$R/etc/libvirtd.conf" \
+    --pid-file "$R/libvirtd.pid"
 """
 
 

@@ -99,3 +99,26 @@ async def test_new_jobs_wait_while_a_suspect_runs(tmp_path: Path) -> None:
 
     await asyncio.gather(suspect(), late())
     assert order == ["sus-start", "sus-end", "late"]
+
+
+async def test_a_cancelled_delivery_lets_its_job_finish() -> None:
+    from vnetd.amqp.consumer import run_to_end
+
+    steps: list[str] = []
+
+    async def job() -> dict[str, str]:
+        steps.append("created")
+        await asyncio.sleep(0.05)
+        steps.append("marked")  # the second netlink request of a create
+        return {}
+
+    delivery = asyncio.ensure_future(run_to_end(job()))
+    await asyncio.sleep(0.01)
+    delivery.cancel()  # the channel closed under it
+    try:
+        await delivery
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("the cancellation was swallowed")
+    assert steps == ["created", "marked"]

@@ -138,7 +138,7 @@ class JobConsumer:
                 else:
                     op = cmd.op
                     try:
-                        outcome = success(await self.execute(cmd))
+                        outcome = success(await run_to_end(self.execute(cmd)))
                     except VnetdError as exc:
                         outcome = failure(exc)
                 assert outcome is not None
@@ -222,3 +222,26 @@ def _op_label(body: bytes) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         return "invalid"
     return op if isinstance(op, str) and op in OPS else "invalid"
+
+
+async def run_to_end(job: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """Await a job that must not be abandoned half-way.
+
+    aiormq cancels a delivery's task when its channel closes (a broker restart).
+    A job cancelled between two netlink requests would leave a device created but
+    not yet marked as vnetd's, which no later job may touch. So the job runs to its
+    end; only then does the cancellation go on, and the unacked message is
+    redelivered to a job that finds everything done.
+    """
+    task = asyncio.ensure_future(job)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                continue
+            except Exception:  # noqa: BLE001 - the job's own failure; the cancellation wins
+                break
+        raise
