@@ -73,7 +73,7 @@ async def test_scrape_during_a_run(start_daemon: StartDaemon, netns: str, amqp_u
     assert moved("vnetd_jobs_total", op="tap.ensure", outcome="invalid_argument") == 1
     assert moved("vnetd_jobs_total", op="bridge.ensure", outcome="ok") == 1
     assert moved("vnetd_jobs_duplicate_total") == 1
-    assert moved("vnetd_job_duration_seconds_count", op="tap.ensure") == 5
+    assert moved("vnetd_job_duration_seconds_count", op="tap.ensure") == 6  # 5 ok + 1 refused
     assert moved("vnetd_job_duration_seconds_sum", op="tap.ensure") > 0
     assert _value(after, "vnetd_job_duration_seconds_bucket", op="tap.ensure", le="+Inf") >= 5
     assert _value(after, "vnetd_owned_devices", kind="tap") == 5
