@@ -10,10 +10,16 @@ from vnetd.handlers.views import views_of
 
 
 async def snapshot(cmd: HostSnapshot, ctx: Context) -> dict[str, Any]:
-    links = await ctx.net.list_links()
-    result: dict[str, Any] = {"host_id": ctx.host_id, "links": views_of(links)}
+    """Links (and what providers add: networks, the event stream position).
+
+    When the event watcher provides the links, they come from its own socket,
+    dumped at the stream position it reports, so the handler's dump is skipped.
+    """
+    result: dict[str, Any] = {"host_id": ctx.host_id}
     for provider in ctx.extras.get("snapshot_providers", []):
         result.update(await provider())
+    if "links" not in result:
+        result["links"] = views_of(await ctx.net.list_links())
     return result
 
 
