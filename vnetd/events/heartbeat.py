@@ -7,11 +7,11 @@ hosts and see which are degraded without calling each one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
+from vnetd.aio import cancel_and_wait
 from vnetd.events.bus import EventBus
 
 
@@ -49,9 +49,6 @@ class HostLifecycle:
             self.bus.emit("host.heartbeat", None, self.summary())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.bus.emit("host.stopping", None, self.summary())

@@ -26,6 +26,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from vnetd import metrics
+from vnetd.aio import cancel_and_wait
 from vnetd.events.bus import EventBus
 from vnetd.events.cloudevents import CONTENT_TYPE, Event, encode, event_id, routing_key
 
@@ -69,11 +70,9 @@ class EventPublisher:
                 await asyncio.wait_for(self.bus.wait_drained(), self.flush_timeout)
             except TimeoutError:
                 log.warning("events_flush_timeout", left=self.bus.buffered)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for _, task in self._inflight:
+        await cancel_and_wait(self._task)
+        self._task = None
+        for _, task in self._inflight:  # unconfirmed publishes: the channel closes anyway
             task.cancel()
         if self._channel is not None:
             with contextlib.suppress(Exception):

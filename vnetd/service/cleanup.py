@@ -18,6 +18,7 @@ import aio_pika
 import structlog
 
 from vnetd import __version__
+from vnetd.aio import cancel_and_wait
 from vnetd.client import CallTimeout, VnetClient
 from vnetd.config import Settings
 from vnetd.config.settings import CleanupSettings
@@ -92,11 +93,8 @@ class CleanupComponent:
                 log.exception("cleanup_pass_crashed")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 # ---------------------------------------------------------------------- one shot

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from vnetd import metrics as m
+from vnetd.aio import cancel_and_wait
 from vnetd.amqp.consumer import JobRecord
 from vnetd.contract.errors import VnetdError
 
@@ -93,11 +94,8 @@ class MetricsServer:
         return None if self._server is None else int(self._server.server_address[1])
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._server is not None:
             server, self._server = self._server, None
             await asyncio.to_thread(server.shutdown)

@@ -16,12 +16,12 @@ events it buffers meanwhile. Without WATCHDOG_USEC it only keeps STATUS.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
+from vnetd.aio import cancel_and_wait
 from vnetd.service import failpoints
 from vnetd.service.notify import Notifier
 
@@ -83,11 +83,8 @@ class Watchdog:
     async def stop(self) -> None:
         if self._failpoint:
             failpoints.uninstall(asyncio.get_running_loop())
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

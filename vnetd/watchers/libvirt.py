@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from vnetd import metrics
+from vnetd.aio import cancel_and_wait
 from vnetd.handlers.context import Context
 from vnetd.handlers.network import view
 from vnetd.virt.backend import NetworkState, VirtError
@@ -59,11 +60,7 @@ class LibvirtWatcher:
                        asyncio.create_task(self._drain_events(), name="libvirt-events")]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         with contextlib.suppress(Exception):
             await self.backend.close()

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import structlog
 
 from vnetd import metrics
+from vnetd.aio import cancel_and_wait
 from vnetd.contract.events import EventSink
 from vnetd.handlers.views import link_view
 from vnetd.net.model import Link
@@ -112,10 +113,7 @@ class NetlinkWatcher:
 
     async def stop(self) -> None:
         self.state = "stopped"
-        if self._resync_task is not None:
-            self._resync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resync_task
+        await cancel_and_wait(self._resync_task)
         self._remove_reader()
         self.monitor.close()
 
