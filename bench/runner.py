@@ -1,8 +1,9 @@
 """Runs the scenarios inside the lab and collects every measurement.
 
 Ways are interleaved: for each size and repetition, every way runs once, in an order
-rotated between repetitions, against the same namespace and the same broker, so each
-ratio compares figures taken side by side on this shared, noisy machine.
+rotated between repetitions, on the same broker and in namespaces laid out alike (one
+for vnetd, one for the `ip` baselines, one for an older vnetd), so each ratio compares
+figures taken side by side on this shared, noisy machine.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bench.lab import log, run
 from bench.ways import Run
 from tests.support.daemon import DaemonProcess
 from tests.support.env import REPO_ROOT
-from tests.support.rpc import RawRpc
+from tests.support.rpc import RawRpc, RpcTimeoutError
 
 NOT_AVAILABLE = "not available"
 
@@ -84,7 +85,7 @@ class Results:
 
 def _ours_left(ns: str) -> list[str]:
     out = run("ip", "-n", ns, "-j", "link", "show").stdout
-    return [e["ifname"] for e in json.loads(out or "[]") if e["ifname"][:1] in "pqrstuvwx"
+    return [e["ifname"] for e in json.loads(out or "[]") if e["ifname"][:1] in "pqrstuvwxy"
             and e["ifname"][1:].isdigit()]
 
 
@@ -117,9 +118,9 @@ def export_tree(ref: str) -> Path:
 
 
 async def _start_daemon(env: Env, ns: str, tag: str, extra_env: dict[str, str] | None = None,
-                        *, minimal_config: bool = False) -> DaemonProcess:
+                        *, minimal_config: bool = False, **sections: Any) -> DaemonProcess:
     d = DaemonProcess(host_id=f"b-{env.suffix}-{tag}", amqp_url=env.amqp_url, netns=ns,
-                      workdir=env.workdir / "daemons" / tag,
+                      workdir=env.workdir / "daemons" / tag, extra=sections,
                       env={**env.daemon_env, **(extra_env or {})}, ready_timeout=60)
     if minimal_config:  # an older vnetd refuses keys it does not know yet
         d.config = {"host_id": d.host_id, "amqp": {"url": env.amqp_url, "prefetch": 128},
@@ -143,24 +144,39 @@ async def _start_responder(env: Env, host_id: str) -> subprocess.Popen[str]:
 
 
 async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
-    ns = env.new_ns()
+    # One namespace per family of ways, laid out alike: a vnetd watches its namespace
+    # (and publishes an event for every change in it), so a baseline or an older vnetd
+    # sharing it would pay for the current daemon's watcher.
+    ns_vnetd, ns_ip = env.new_ns(), env.new_ns()
+    spaces = [ns_vnetd, ns_ip]
     daemons: list[DaemonProcess] = []
     responder = None
     before_dir = None
     daemons_spy: list[subprocess.Popen[bytes]] = []
     try:
-        vnetd = await _start_daemon(env, ns, "plug")
+        vnetd = await _start_daemon(env, ns_vnetd, "plug")
         daemons.append(vnetd)
         before = None
+        ns_before = None
         if plan.before_ref:
             before_dir = export_tree(plan.before_ref)
-            try:
-                before = await _start_daemon(env, ns, "before",
-                                             {"PYTHONPATH": str(before_dir)},
-                                             minimal_config=True)
-                daemons.append(before)
-            except Exception as exc:  # the old tree may not start: say so, go on
-                res.notes.append(f"vnetd at {plan.before_ref} did not start: {exc}"[:300])
+            ns_before = env.new_ns()
+            spaces.append(ns_before)
+            for attempt in range(3):
+                try:
+                    before = await _start_daemon(env, ns_before, f"before{attempt}",
+                                                 {"PYTHONPATH": str(before_dir)},
+                                                 minimal_config=True)
+                    daemons.append(before)
+                    break
+                except Exception as exc:  # the old tree may not start: say so, go on
+                    # (before 496ed7a a forked pyroute2 helper could stop it at start)
+                    res.notes.append(f"vnetd at {plan.before_ref} did not start "
+                                     f"(attempt {attempt + 1}): {exc}"[:300])
+        ns_quiet = env.new_ns()
+        spaces.append(ns_quiet)
+        quiet = await _start_daemon(env, ns_quiet, "noevents", events={"enabled": False})
+        daemons.append(quiet)
         spy = None
         if plan.profile is not None:
             spy = subprocess.Popen([str(REPO_ROOT / ".venv" / "bin" / "py-spy"), "record",
@@ -172,38 +188,58 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
         responder = await _start_responder(env, noop_id)
         async with RawRpc(env.amqp_url) as rpc:
             for br in ways.bridges_for(max(plan.sizes)):
-                reply = await rpc.call(vnetd.host_id, "bridge.ensure", {"name": br})
-                assert reply.get("ok") is True, reply
+                for d in daemons:
+                    reply = await rpc.call(d.host_id, "bridge.ensure", {"name": br})
+                    assert reply.get("ok") is True, reply
+                run("ip", "-n", ns_ip, "link", "add", br, "type", "bridge")
+                run("ip", "-n", ns_ip, "link", "set", br, "up")
             # warm-up: imports, connections, caches (not recorded)
             warm = ways.tap_names("w", 20)
-            await ways.vnetd_jobs(rpc, vnetd.host_id, "plug", warm, 4)
-            await ways.vnetd_jobs(rpc, vnetd.host_id, "unplug", warm, 4)
+            for d in daemons:
+                await ways.vnetd_jobs(rpc, d.host_id, "plug", warm, 4)
+                await ways.vnetd_jobs(rpc, d.host_id, "unplug", warm, 4)
             await ways.noop_jobs(rpc, noop_id, "plug", warm, 4)
 
             for n in plan.sizes:
                 for rep in range(plan.reps[n]):
-                    entries = _ways_for(plan, n, rpc, vnetd.host_id, noop_id, ns,
-                                        before.host_id if before else None, res)
+                    entries = _ways_for(plan, n, rpc, vnetd.host_id, noop_id, ns_ip,
+                                        before.host_id if before else None, res,
+                                        quiet.host_id)
                     shift = rep % len(entries)
                     for label, prefix, plug, unplug in entries[shift:] + entries[:shift]:
                         names = ways.tap_names(prefix, n)
                         log(f"plug n={n} rep={rep + 1}: {label}")
-                        server = (responder.pid if label.startswith("no-op") else
-                                  before.pid if before and "before" in label else vnetd.pid)
+                        server = None
+                        ns = ns_ip
+                        if label.startswith("no-op"):
+                            server = responder.pid
+                        elif "before" in label and before is not None and ns_before:
+                            server, ns = before.pid, ns_before
+                        elif "events off" in label:
+                            server, ns = quiet.pid, ns_quiet
+                        elif label.startswith("vnetd"):
+                            server, ns = vnetd.pid, ns_vnetd
                         try:
-                            cpu0 = ways.cpu_seconds(server)
+                            cpu0 = ways.cpu_seconds(server) if server else 0.0
                             r = await plug(names)
-                            r.server_cpu_ms = (ways.cpu_seconds(server) - cpu0) * 1000 / n
+                            if server:
+                                r.server_cpu_ms = (ways.cpu_seconds(server) - cpu0) * 1000 / n
                             r.note = f"rep {rep + 1}"
                             res.runs.append(r)
                             if not label.startswith("no-op"):
                                 await asyncio.to_thread(check_plugged, ns, names)
                             if unplug is not None:
-                                cpu0 = ways.cpu_seconds(server)
+                                cpu0 = ways.cpu_seconds(server) if server else 0.0
                                 u = await unplug(names)
-                                u.server_cpu_ms = (ways.cpu_seconds(server) - cpu0) * 1000 / n
+                                if server:
+                                    u.server_cpu_ms = ((ways.cpu_seconds(server) - cpu0)
+                                                       * 1000 / n)
                                 u.note = f"rep {rep + 1}" + (f"; {u.note}" if u.note else "")
                                 res.runs.append(u)
+                        except (ways.WayError, RpcTimeoutError) as exc:
+                            # Reported, not hidden: the table shows no figure for it.
+                            res.notes.append(f"FAILED {label} n={n} rep {rep + 1}: {exc}"[:500])
+                            log(f"FAILED {label} n={n}: {exc}")
                         finally:
                             await asyncio.to_thread(clean, ns)
     finally:
@@ -217,7 +253,8 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
                 responder.stdout.close()
         for d in daemons:
             await d.stop()
-        env.del_ns(ns)
+        for ns in spaces:
+            env.del_ns(ns)
         if before_dir is not None:
             subprocess.run(["rm", "-rf", str(before_dir)], check=False)
 
@@ -226,10 +263,12 @@ Step = Callable[[list[str]], Awaitable[Run]]
 
 
 def _ways_for(plan: Plan, n: int, rpc: RawRpc, vid: str, noop: str, ns: str,
-              before: str | None, res: Results) -> list[tuple[str, str, Step, Step | None]]:
+              before: str | None, res: Results,
+              quiet: str) -> list[tuple[str, str, Step, Step | None]]:
+    """The ways for one size; `ns` is the baselines' namespace (vnetd uses its own)."""
     seq_ok = n <= plan.sequential_unplug_max
     out: list[tuple[str, str, Step, Step | None]] = []
-    prefixes = iter("pqrstuvwx")
+    prefixes = iter("pqrstuvwxy")
     for c in plan.concurrency:
         out.append((f"vnetd x{c}", next(prefixes),
                     lambda names, c=c: ways.vnetd_jobs(rpc, vid, "plug", names, c),
@@ -261,6 +300,11 @@ def _ways_for(plan: Plan, n: int, rpc: RawRpc, vid: str, noop: str, ns: str,
                                            "vnetd before x64"),
                     lambda names: _relabel(ways.vnetd_jobs(rpc, b, "unplug", names, 64),
                                            "vnetd before x64")))
+    out.append(("vnetd events off x64", next(prefixes),
+                lambda names: _relabel(ways.vnetd_jobs(rpc, quiet, "plug", names, 64),
+                                       "vnetd events off x64"),
+                lambda names: _relabel(ways.vnetd_jobs(rpc, quiet, "unplug", names, 64),
+                                       "vnetd events off x64")))
     for c in plan.concurrency:
         out.append((f"no-op x{c}", "z", lambda names, c=c: ways.noop_jobs(
             rpc, noop, "plug", names, c), None))
