@@ -33,7 +33,6 @@ from vnetd.events.cloudevents import CONTENT_TYPE, Event, encode, event_id, rout
 log = structlog.get_logger("vnetd.events")
 
 RETRY_SECONDS = 0.5
-PUBLISH_TIMEOUT = 30.0
 
 
 class EventPublisher:
@@ -120,7 +119,11 @@ class EventPublisher:
             ),
             mandatory=False,
             wait=False,
-            timeout=PUBLISH_TIMEOUT,
+            # No timeout: on an open channel the broker confirms (or nacks) every
+            # publish, however late under load; a closed channel fails it at once.
+            # A timeout here made a slow confirm look like a loss, and the re-publish
+            # that followed reached subscribers after later events: a false gap.
+            timeout=None,
         )
 
     def _on_done(self, _task: asyncio.Task[object]) -> None:
