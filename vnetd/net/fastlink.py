@@ -284,6 +284,29 @@ def parse_link_message(data: bytes | memoryview, offset: int = 0) -> Link:
     )
 
 
+def blocking_request(sock: socket.socket, msg_type: int, flags: int, body: bytes) -> None:
+    """Send one request on a blocking socket and wait for its acknowledgement.
+
+    For requests that hold the kernel for long (a device deletion waits for an RCU
+    grace period, ~18 ms): run on a worker thread, they do not stall the event loop.
+    """
+    header = _NLMSGHDR.pack(16 + len(body), msg_type, flags | NLM_F_REQUEST | NLM_F_ACK, 1, 0)
+    sock.send(header + body)
+    while True:
+        data = sock.recv(RECV_BYTES)
+        pos = 0
+        while pos + 16 <= len(data):
+            length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, pos)
+            if length < 16:
+                break
+            if kind == NLMSG_ERROR and seq == 1:
+                code = -_ERR.unpack_from(data, pos + 16)[0]
+                if code:
+                    raise NetlinkRequestError(code, os.strerror(code))
+                return
+            pos += (length + 3) & ~3
+
+
 # ---------------------------------------------------------------- the socket
 @dataclass
 class _Pending:

@@ -29,7 +29,7 @@ from vnetd.contract.errors import (
     Unsupported,
     VnetdError,
 )
-from vnetd.net import tun
+from vnetd.net import fastlink, tun
 from vnetd.net.fastlink import DumpInterrupted, FastLink, NetlinkRequestError
 from vnetd.net.model import BridgeOptions, BridgeSettings, Link, LinkChange, TapSpec, TunSettings
 from vnetd.net.netns import NamespaceWorker
@@ -123,6 +123,7 @@ class NetlinkBackend:
         self._ipr: Any = None
         self._tun_fds: list[int] = []
         self._tun_refill = asyncio.Lock()
+        self._del_sock: socket.socket | None = None
         self._deletes: list[tuple[int, asyncio.Future[None]]] = []
         self._deleting: asyncio.Task[None] | None = None
 
@@ -234,9 +235,22 @@ class NetlinkBackend:
                         "link deletion interrupted"))
                 raise
 
+    async def _blocking(self, what: str, msg_type: int, body: bytes) -> None:
+        """A long request (a deletion) on the worker's own socket, off the event loop:
+        while the kernel waits for a grace period, jobs go on and the next deletions
+        gather into one batch."""
+        if self._del_sock is None:
+            self._del_sock = await self._worker.run(FastLink.open_socket)
+        sock = self._del_sock
+        try:
+            await self._worker.run(fastlink.blocking_request, sock, msg_type, 0, body)
+        except NetlinkRequestError as exc:
+            raise error_from_errno(exc.errno or errno.EIO, what) from exc
+
     async def _delete_one(self, index: int, future: asyncio.Future[None]) -> None:
         try:
-            await self._call(f"delete link #{index}", lambda: self._link.delete_link(index))
+            await self._blocking(f"delete link #{index}", fastlink.RTM_DELLINK,
+                                 fastlink.ifinfo(index))
         except VnetdError as exc:
             _settle(future, exc)
         else:
@@ -258,8 +272,9 @@ class NetlinkBackend:
         if not members:
             return
         try:
-            await self._link.delete_group(group)
-        except NetlinkRequestError:
+            await self._blocking(f"delete group {group}", fastlink.RTM_DELLINK,
+                                 fastlink.delete_group_body(group))
+        except VnetdError:
             for index, future in members:  # e.g. a device kind without dellink: one by one
                 await self._delete_one(index, future)
             return
@@ -301,6 +316,8 @@ class NetlinkBackend:
             os.close(fd)
         self._tun_fds.clear()
         self._link.close()
+        if self._del_sock is not None:
+            self._del_sock.close()
         if self._ipr is not None:
             self._ipr.close()
         self._worker.close()
