@@ -97,6 +97,11 @@ def write(res: Results, out_dir: Path) -> dict[str, Any]:
     return data
 
 
+def replot(out_dir: Path) -> None:
+    """Draw the plots again from an existing latest.json."""
+    plots(json.loads((out_dir / "latest.json").read_text()), out_dir)
+
+
 def _fmt(v: Any, digits: int = 1) -> str:
     if v is None:
         return "-"
@@ -179,6 +184,9 @@ def plots(data: dict[str, Any], out_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from cycler import cycler
+
+    plt.rcParams["axes.prop_cycle"] = cycler(color=plt.get_cmap("tab20").colors)
 
     for scenario in ("plug", "unplug"):
         rows = [r for r in data["medians"] if r["scenario"] == scenario]
