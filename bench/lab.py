@@ -158,5 +158,8 @@ def private_lab() -> Iterator[tuple[str, dict[str, str]]]:
             if name.startswith(f"vb-{suffix}-"):
                 ns_delete(name, f"vb-{suffix}-")
         ns_delete(lab, lab)
-        with contextlib.suppress(OSError):
-            subprocess.run(["rm", "-rf", str(base)], check=False)
+        # Daemon logs are kept (in .lab/<lab>/daemons/) only when the run failed.
+        kept = base if sys.exc_info()[0] is None else None
+        subprocess.run(["rm", "-rf", str(lab_dir if kept else base)], check=False)
+        if not kept:
+            log(f"daemon logs kept in {lab_dir}/daemons")
