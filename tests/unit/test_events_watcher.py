@@ -239,3 +239,34 @@ async def test_requested_resync_with_no_difference_still_reports(reason: str) ->
     assert sink.events == [("host.resync", None, sink.events[0][2])]
     assert sink.events[0][2]["reason"] == reason
     assert sink.events[0][2]["changes"] == 0
+
+
+async def test_one_read_gives_one_event_per_object_that_changed() -> None:
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [new(link(1, "lo", kind="loopback")),
+                                  new(link(7, "br0", kind="bridge"))])
+    # What the kernel says while tap.ensure creates, marks, attaches and brings up a TAP,
+    # read in one go: one link.added with the final state, and br0's own change.
+    mon.queue = [new(link(5, "tap0")), new(link(5, "tap0", alias="vnetd:v1")),
+                 new(link(5, "tap0", alias="vnetd:v1", master=7)),
+                 new(link(7, "br0", kind="bridge", mac="02:00:00:00:00:05")),
+                 new(link(5, "tap0", alias="vnetd:v1", master=7, up=True)),
+                 AddressEvent(False, addr(5))]
+    w.on_readable()
+    assert sink.types() == [("link.added", "tap0"), ("link.changed", "br0"),
+                            ("address.added", "tap0")]
+    added = sink.events[0][2]
+    assert (added["master"], added["state"], added["owned"]) == ("br0", "up", True)
+    sink.events.clear()
+    # Two changes of one link in one read: one link.changed listing both.
+    mon.queue = [new(link(5, "tap0", alias="vnetd:v1", master=7, up=True, mtu=1400)),
+                 new(link(5, "tap0", alias="vnetd:v1", master=None, up=True, mtu=1400))]
+    w.on_readable()
+    assert sink.types() == [("link.changed", "tap0")]
+    assert set(sink.events[0][2]["changes"]) == {"mtu", "master"}
+    sink.events.clear()
+    # Removed with its address in one read; a link that came and went leaves no trace.
+    mon.queue = [gone(link(5, "tap0")), new(link(9, "tmp")), gone(link(9, "tmp"))]
+    w.on_readable()
+    assert sink.types() == [("address.removed", "tap0"), ("link.removed", "tap0")]
+    assert set(w.links) == {1, 7}
