@@ -18,6 +18,9 @@ GOALS = [
      "vnetd jobs x64", "ip per step (subprocess)", "plug", 3.0),
     ("batch_vs_ip_batch", "plug through one batch job vs `ip -batch`", "vnetd one batch",
      "ip -batch", "plug", 0.9),
+    ("pipelined_batch_vs_ip_batch",
+     "plug through one batch job without stop_on_error (pipelined) vs `ip -batch`",
+     "vnetd one batch, pipelined", "ip -batch", "plug", 0.9),
 ]
 
 

@@ -268,7 +268,7 @@ def _ways_for(plan: Plan, n: int, rpc: RawRpc, vid: str, noop: str, ns: str,
     """The ways for one size; `ns` is the baselines' namespace (vnetd uses its own)."""
     seq_ok = n <= plan.sequential_unplug_max
     out: list[tuple[str, str, Step, Step | None]] = []
-    prefixes = iter("pqrstuvwxy")
+    prefixes = iter("pqrstuvwxyz")
     for c in plan.concurrency:
         out.append((f"vnetd x{c}", next(prefixes),
                     lambda names, c=c: ways.vnetd_jobs(rpc, vid, "plug", names, c),
@@ -277,6 +277,10 @@ def _ways_for(plan: Plan, n: int, rpc: RawRpc, vid: str, noop: str, ns: str,
     out.append(("vnetd batch", next(prefixes),
                 lambda names: ways.vnetd_batch(rpc, vid, "plug", names),
                 (lambda names: ways.vnetd_batch(rpc, vid, "unplug", names)) if seq_ok else None))
+    out.append(("vnetd batch pipelined", next(prefixes),
+                lambda names: ways.vnetd_batch(rpc, vid, "plug", names, stop_on_error=False),
+                (lambda names: ways.vnetd_batch(rpc, vid, "unplug", names, stop_on_error=False))
+                if seq_ok else None))
     out.append(("subprocess", next(prefixes),
                 lambda names: ways.in_thread(ways.subprocess_way, ns, "plug", names),
                 (lambda names: ways.in_thread(ways.subprocess_way, ns, "unplug", names))
