@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.env import REPO_ROOT, netns_inode, root_netns_inodes
+from tests.support.netns import empty_and_delete
 
 BROKER_SH = REPO_ROOT / "scripts" / "broker.sh"
 LAB_ENV = "VNETD_BENCH_LAB"
@@ -52,20 +52,7 @@ def ns_delete(name: str, prefix: str) -> None:
     """Delete one of OUR namespaces (name checked), killing what is left in it."""
     if not name.startswith(prefix) or not ns_exists(name):
         return
-    ino = netns_inode(f"/run/netns/{name}")
-    if ino == netns_inode("/proc/self/ns/net") or ino in root_netns_inodes():
-        raise RuntimeError(f"refusing to empty {name}: it is our own or the root namespace")
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-        left = ns_pids(name)
-        if not left:
-            break
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while ns_pids(name) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    run("ip", "netns", "del", name, check=False)
+    empty_and_delete(name)
 
 
 def ns_create(name: str) -> str:

@@ -63,14 +63,18 @@ teardown() {
     fi
     for ns in $(our_namespaces | grep -E "^vt-$sfx-"); do kill_and_delete_ns "$ns"; done
     kill_and_delete_ns "$lab"
-    rm -f "$LABROOT/$lab/owner.pid"
+    rm -f "$LABROOT/$lab/owner.pid" "/run/vnetd-labs/$lab.pid"
 }
 
-owner_alive() {   # is the test.sh that created lab $1 still running?
-    local f=$LABROOT/$1/owner.pid pid
-    [[ -r $f ]] || return 1
-    pid=$(cat "$f")
-    [[ -n $pid && -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'test.sh'
+owner_alive() {   # is the test.sh that created lab $1 (in any checkout) still running?
+    local f pid
+    for f in "/run/vnetd-labs/$1.pid" "$LABROOT/$1/owner.pid"; do
+        [[ -r $f ]] || continue
+        pid=$(cat "$f")
+        [[ -n $pid && -r /proc/$pid/cmdline ]] \
+            && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'test.sh' && return 0
+    done
+    return 1
 }
 
 sweep() {

@@ -47,6 +47,8 @@ trap 'exit 129' HUP
 
 mkdir -p "$LAB_DIR"
 echo $$ >"$LAB_DIR/owner.pid"
+# Also machine-wide: a sweep from another checkout must see this lab is alive.
+mkdir -p /run/vnetd-labs && echo $$ >"/run/vnetd-labs/$LAB.pid"
 ip netns add "$LAB"
 ip -n "$LAB" link set lo up
 TB=$SECONDS

@@ -28,7 +28,7 @@ from tests.conftest import StartDaemon
 from tests.support import netns as netns_mod
 from tests.support.daemon import DaemonProcess
 from tests.support.env import Lab
-from tests.support.libvirtd import PrivateLibvirtd, session_libvirtd
+from tests.support.libvirtd import PrivateLibvirtd
 from tests.support.rpc import RawRpc
 from vnetd.contract.network import NetworkSpec
 from vnetd.virt import xml as vxml
@@ -39,9 +39,6 @@ _ids = itertools.count(1)
 _SUBNETS = itertools.count(10)
 
 
-@pytest.fixture(scope="module")
-def libvirtd(lab: Lab) -> Iterator[PrivateLibvirtd]:
-    yield from session_libvirtd(lab.dir / f"libvirtd-{os.getpid()}-{next(_ids)}")
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import libvirt
@@ -25,8 +23,7 @@ from tests.integration.test_libvirt import (
     routed,
     uniq,
 )
-from tests.support.env import Lab
-from tests.support.libvirtd import PrivateLibvirtd, session_libvirtd
+from tests.support.libvirtd import PrivateLibvirtd
 from tests.support.rpc import RawRpc
 from vnetd.contract.network import NetworkSpec
 from vnetd.virt import xml as vxml
@@ -34,9 +31,6 @@ from vnetd.virt import xml as vxml
 pytestmark = [pytest.mark.integration, pytest.mark.libvirt]
 
 
-@pytest.fixture(scope="module")
-def libvirtd(lab: Lab) -> Iterator[PrivateLibvirtd]:
-    yield from session_libvirtd(lab.dir / f"libvirtd-{os.getpid()}-{uniq('m')}")
 ROUNDS = 15
 
 

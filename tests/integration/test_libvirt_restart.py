@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
@@ -24,16 +22,12 @@ from tests.integration.test_libvirt import (
     uniq,
 )
 from tests.support import netns as netns_mod
-from tests.support.env import Lab
-from tests.support.libvirtd import PrivateLibvirtd, session_libvirtd
+from tests.support.libvirtd import PrivateLibvirtd
 from tests.support.rpc import RawRpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.libvirt]
 
 
-@pytest.fixture(scope="module")
-def libvirtd(lab: Lab) -> Iterator[PrivateLibvirtd]:
-    yield from session_libvirtd(lab.dir / f"libvirtd-{os.getpid()}-{uniq('m')}")
 
 
 class Events:

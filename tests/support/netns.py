@@ -89,6 +89,12 @@ def delete(name: str, *, kill_timeout: float = 5.0) -> None:
         return
     if not name.startswith(prefix()):
         raise ValueError(f"not one of our namespaces: {name!r}")
+    empty_and_delete(name, kill_timeout=kill_timeout)
+
+
+def empty_and_delete(name: str, *, kill_timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL, what runs in `name`, then delete it; the caller has
+    checked the name is one of its own. Refuses our own and the root namespace."""
     ino = netns_inode(f"/run/netns/{name}")
     if ino == netns_inode("/proc/self/ns/net") or ino in root_netns_inodes():
         raise RuntimeError(f"{name} is our own or the root namespace")
