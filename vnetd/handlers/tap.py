@@ -8,7 +8,7 @@ from vnetd.contract.commands import TapDelete, TapEnsure
 from vnetd.contract.errors import Conflict, Forbidden
 from vnetd.handlers.context import Context
 from vnetd.handlers.policy import require_kind, require_link
-from vnetd.handlers.views import link_view
+from vnetd.handlers.views import view_of
 from vnetd.net.model import OWNER_ALIAS, Link, LinkChange, TapSpec
 
 
@@ -81,11 +81,8 @@ async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
     changed = created or owner_changed or not change.is_empty()
     if changed:
         link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "tap")
-    master = bridge.name if bridge is not None and link.master == bridge.index else None
-    if link.master is not None and master is None:
-        found = await ctx.net.get_link_by_index(link.master)
-        master = found.name if found else None
-    return {**link_view(link, master), "created": created, "changed": changed}
+    known = {bridge.index: bridge.name} if bridge is not None else None
+    return {**await view_of(ctx.net, link, known), "created": created, "changed": changed}
 
 
 async def delete(cmd: TapDelete, ctx: Context) -> dict[str, Any]:
