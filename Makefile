@@ -2,7 +2,7 @@
 .PHONY: setup run test lint unit clean-lab bench
 
 setup:
-	scripts/setup.sh
+	scripts/setup.sh --test
 
 run:
 	scripts/run.sh

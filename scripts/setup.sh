@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh Debian 12 host (root, no systemd as PID 1):
+#   setup.sh          what running the daemon needs
+#   setup.sh --test   that, plus what the test suite needs
 #   1. apt packages (installed only when missing; apt-get update at most once)
 #   2. .venv/ in the repo root with `pip install -e '.[dev]'`
 #      (pip re-runs only when pyproject.toml changed: stamp in .venv/.vnetd-setup-stamp)
@@ -14,13 +16,22 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (netlink, namespaces, apt)"
 
+# What running the daemon needs (README command 1).
 APT_PACKAGES=(
     rabbitmq-server
     libvirt-daemon-system libvirt-clients libvirt-dev
     libsystemd-dev pkg-config gcc python3-dev python3-venv
-    dnsmasq-base nftables iptables iproute2 busybox iputils-ping procps
+    dnsmasq-base nftables iptables iproute2 procps
     systemd
 )
+# What only the tests need (README command 2 runs `setup.sh --test`). One line per
+# purpose, so that parallel changes add lines rather than edit the same one.
+APT_TEST_PACKAGES=(
+    busybox iputils-ping            # namespace guests: udhcpc, ping
+)
+if [[ ${1:-} == --test ]]; then
+    APT_PACKAGES+=("${APT_TEST_PACKAGES[@]}")
+fi
 
 # ---------------------------------------------------------------- apt
 missing_packages() {

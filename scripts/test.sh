@@ -17,7 +17,7 @@ cd "$ROOT"
 log() { printf '[test] %s\n' "$*" >&2; }
 
 T0=$SECONDS
-"$ROOT/scripts/setup.sh"
+"$ROOT/scripts/setup.sh" --test
 
 LINT_RC=0
 if [[ ${VNETD_LINT:-1} != 0 ]]; then
