@@ -6,6 +6,7 @@ from typing import Any
 
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
 from vnetd.contract.errors import Unsupported
+from vnetd.handlers import ovs
 from vnetd.handlers.context import Context
 from vnetd.handlers.policy import require_kind
 from vnetd.handlers.views import bridge_table, view_of
@@ -87,7 +88,8 @@ async def delete(cmd: BridgeDelete, ctx: Context) -> dict[str, Any]:
 
 
 async def list_(cmd: BridgeList, ctx: Context) -> dict[str, Any]:
-    return {"bridges": bridge_table(await ctx.net.list_links())}
+    """Linux bridges, then Open vSwitch bridges (kind "ovs") when OVS is managed."""
+    return {"bridges": bridge_table(await ctx.net.list_links()) + await ovs.bridge_entries(ctx)}
 
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vnetd.contract.commands import HostHealth, HostSnapshot
+from vnetd.handlers import ovs
 from vnetd.handlers.context import Context
 from vnetd.handlers.views import views_of
 
@@ -20,6 +21,7 @@ async def snapshot(cmd: HostSnapshot, ctx: Context) -> dict[str, Any]:
         result.update(await provider())
     if "links" not in result:
         result["links"] = views_of(await ctx.net.list_links())
+    result.update(await ovs.snapshot_part(ctx))
     return result
 
 
@@ -34,4 +36,5 @@ async def health(cmd: HostHealth, ctx: Context) -> dict[str, Any]:
         "status": "degraded" if degraded else "healthy",
         "kernel": features,
         "components": components,
+        "ovs": ovs.health_view(ctx),
     }

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vnetd.contract.commands import BridgeEnsure, Command, PortAttach, TapEnsure
+from vnetd.contract.ovs import OvsBridgeEnsure, OvsPortAttach
 
 Clock = Callable[[], float]
 
@@ -47,9 +48,9 @@ def leased_names(cmd: Command) -> tuple[tuple[str, ...], float]:
     """
     if isinstance(cmd, TapEnsure):
         return (cmd.name, *((cmd.bridge,) if cmd.bridge else ())), cmd.hold_seconds or 0.0
-    if isinstance(cmd, PortAttach):
+    if isinstance(cmd, PortAttach | OvsPortAttach):
         return (cmd.name, cmd.bridge), cmd.hold_seconds or 0.0
-    if isinstance(cmd, BridgeEnsure):
+    if isinstance(cmd, BridgeEnsure | OvsBridgeEnsure):
         return (cmd.name,), cmd.hold_seconds or 0.0
     return (), 0.0
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from vnetd.contract import commands as c
 from vnetd.contract import network as n
+from vnetd.contract import ovs as o
 from vnetd.contract.cleanup import CleanupRun
-from vnetd.handlers import bridge, host, link, network, port, tap
+from vnetd.handlers import bridge, host, link, network, ovs, port, tap
 from vnetd.handlers.cleanup import run as cleanup_run
 from vnetd.handlers.context import Context
 
@@ -40,4 +41,9 @@ def build_registry() -> Registry:
         n.NetworkDumpxml: network.dumpxml,
         n.NetworkList: network.list_,
         n.NetworkUpdate: network.update,
+        o.OvsBridgeEnsure: ovs.ensure,
+        o.OvsBridgeDelete: ovs.delete,
+        o.OvsBridgeList: ovs.list_,
+        o.OvsPortAttach: ovs.attach,
+        o.OvsPortDetach: ovs.detach,
     }

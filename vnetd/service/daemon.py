@@ -23,6 +23,8 @@ from vnetd.handlers.dispatch import Dispatcher
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
+from vnetd.ovs.backend import OvsOptions
+from vnetd.ovs.idl import IdlBackend
 from vnetd.service.cleanup import CleanupComponent
 from vnetd.service.component import Component
 from vnetd.service.events import event_components
@@ -31,6 +33,7 @@ from vnetd.service.notify import Notifier
 from vnetd.service.watchdog import Watchdog
 from vnetd.virt.libvirt_backend import LibvirtBackend
 from vnetd.watchers.libvirt import LibvirtWatcher
+from vnetd.watchers.ovs import OvsWatcher
 
 log = structlog.get_logger("vnetd")
 
@@ -67,7 +70,7 @@ def build_components(rt: Runtime) -> list[Component]:
     rt.observers.append(metrics.observer)
     # Events first: they set ctx.events, which later components emit to.
     components: list[Component] = [watchdog, metrics, *event_components(rt),
-                                   *_libvirt_components(rt)]
+                                   *_libvirt_components(rt), *_ovs_components(rt)]
     if rt.dispatcher is not None:
         components.append(CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
                                            libvirt_enabled=s.libvirt.enabled))
@@ -82,6 +85,18 @@ def _libvirt_components(rt: Runtime) -> list[Component]:
     backend = LibvirtBackend(lv.uri, adopt_unowned=lv.adopt_unowned)
     return [LibvirtWatcher(backend, rt.ctx, rt.states,
                            reconnect_max_seconds=lv.reconnect_max_seconds)]
+
+
+def _ovs_components(rt: Runtime) -> list[Component]:
+    """The OVS watcher (it also gives handlers ctx.ovs) when `[ovs] enabled`."""
+    o = rt.settings.ovs
+    if not o.enabled:
+        return []
+    backend = IdlBackend(o.db, apply_timeout=o.apply_timeout_seconds,
+                         probe_interval=o.probe_interval_seconds)
+    return [OvsWatcher(backend, rt.ctx, rt.states,
+                       OvsOptions(datapath_type=o.datapath_type,
+                                  foreign_bridges=o.foreign_bridges))]
 
 
 def _quarantine(s: Settings) -> Quarantine:
