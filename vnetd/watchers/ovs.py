@@ -9,7 +9,8 @@ and port by port, and every difference becomes one event:
 - `ovs.bridge.added` / `ovs.bridge.removed` / `ovs.bridge.changed`
   (datapath type or ownership; a port joining is a port event, not a bridge change);
 - `ovs.port.added` / `ovs.port.removed` / `ovs.port.changed` (VLANs, ownership,
-  and its interface: ofport, link state, MAC, error, as ovs-vswitchd fills them in).
+  and its interface: ofport, link state, MAC, error, as ovs-vswitchd fills them in);
+  a bridge's own internal port has no events of its own.
 
 The first picture after start is the baseline (no events: host.snapshot gives
 it). After a reconnect the IDL rereads the whole database; the differences
@@ -124,8 +125,9 @@ class OvsWatcher:
     def _diff(self, before: OvsState, after: OvsState, *, resync: bool) -> None:
         old_b = {b.name: b for b in before.bridges}
         new_b = {b.name: b for b in after.bridges}
-        old_p = {p.name: p for b in before.bridges for p in b.ports}
-        new_p = {p.name: p for b in after.bridges for p in b.ports}
+        # A bridge's own internal port comes and goes with it: the bridge event says it.
+        old_p = {p.name: p for b in before.bridges for p in b.guest_ports()}
+        new_p = {p.name: p for b in after.bridges for p in b.guest_ports()}
         # Removals first (ports before their bridge), then additions (bridge before ports).
         for name, port in old_p.items():
             if name not in new_p or new_p[name].uuid != port.uuid:
