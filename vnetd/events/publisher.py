@@ -100,9 +100,8 @@ class EventPublisher:
             await asyncio.sleep(0)
 
     async def _publish(self, event: Event) -> object:
-        assert self._channel is not None
         body = encode(event, self.bus.host_id, self.bus.epoch)
-        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        channel = cast(aiormq.Channel, await self._open_channel().get_underlay_channel())
         # aiormq directly, with wait=False: the frame is queued for the writer and the
         # channel lock released at once, so publishes are not serialized one socket
         # drain at a time (aio-pika's Exchange.publish waits for each drain; that
@@ -183,13 +182,18 @@ class EventPublisher:
             except Exception:
                 log.exception("events_reconnect_listener_failed")
 
+    def _open_channel(self) -> AbstractChannel:
+        if self._channel is None:  # start() opens it before the pump runs
+            raise RuntimeError("the event publisher is not started")
+        return self._channel
+
     async def _ready(self) -> None:
-        assert self._channel is not None
-        ready = getattr(self._channel, "ready", None)
+        channel = self._open_channel()
+        ready = getattr(channel, "ready", None)
         if ready is not None:
             await ready()
-        if self._channel.is_closed:
+        if channel.is_closed:
             # A channel the broker closed (not the connection): open a new one.
-            self._channel = await self.connection.channel(publisher_confirms=True)
-        self._exchange = await self._channel.declare_exchange(
+            channel = self._channel = await self.connection.channel(publisher_confirms=True)
+        self._exchange = await channel.declare_exchange(
             self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)

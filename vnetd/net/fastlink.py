@@ -360,7 +360,8 @@ class FastLink:
             raise NetlinkRequestError(errno.EBADF, "netlink socket closed")
         self._attach()
         async with self._slots:
-            assert self._loop is not None
+            if self._loop is None:  # _attach() sets it
+                raise NetlinkRequestError(errno.EBADF, "netlink socket not attached")
             self._seq = seq = (self._seq + 1) & 0xFFFFFFFF or 1
             dump = (flags & NLM_F_DUMP) == NLM_F_DUMP and msg_type == RTM_GETLINK
             pending = _Pending(self._loop.create_future(), dump)
@@ -444,12 +445,14 @@ class FastLink:
     # ------------------------------------------------------------ the operations
     async def get_link(self, name: str) -> Link:
         links = await self.request(RTM_GETLINK, 0, get_by_name_body(name))
-        assert links
+        if not links:  # the kernel answers ENODEV, never an empty list; but be explicit
+            raise NetlinkRequestError(errno.ENODEV, f"no link named {name}")
         return links[0]
 
     async def get_link_by_index(self, index: int) -> Link:
         links = await self.request(RTM_GETLINK, 0, get_by_index_body(index))
-        assert links
+        if not links:
+            raise NetlinkRequestError(errno.ENODEV, f"no link #{index}")
         return links[0]
 
     async def dump_links(self) -> list[Link]:

@@ -307,17 +307,20 @@ class MonitorSocket:
 
     @property
     def fileno(self) -> int:
-        assert self._sock is not None, "not open"
+        if self._sock is None:
+            raise OSError(errno.EBADF, "the monitor socket is not open")
         return self._sock.fileno()
 
     @property
     def effective_rcvbuf(self) -> int:
-        assert self._sock is not None, "not open"
+        if self._sock is None:
+            raise OSError(errno.EBADF, "the monitor socket is not open")
         return int(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
 
     def request_dump(self, what: Literal["link", "addr"]) -> int:
         """Send a dump request on this socket; its answers arrive in order with notifications."""
-        assert self._sock is not None, "not open"
+        if self._sock is None:
+            raise OSError(errno.EBADF, "the monitor socket is not open")
         self._seq += 1
         self._sock.send(dump_request(RTM_GETLINK if what == "link" else RTM_GETADDR, self._seq))
         return self._seq
@@ -327,7 +330,8 @@ class MonitorSocket:
 
         Raises Overrun when the kernel reports lost notifications.
         """
-        assert self._sock is not None, "not open"
+        if self._sock is None:
+            raise OSError(errno.EBADF, "the monitor socket is not open")
         out: list[Message] = []
         buf = self._buf
         for _ in range(max_datagrams):

@@ -17,6 +17,7 @@ from vnetd.amqp.connection import BrokerLink
 from vnetd.amqp.consumer import JobConsumer, JobObserver
 from vnetd.amqp.dedupe import ReplyCache
 from vnetd.amqp.quarantine import FlightRecorder, Quarantine
+from vnetd.amqp.retry import RetryPolicy
 from vnetd.config import Settings
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher
@@ -165,8 +166,11 @@ class Daemon:
         topo = await topology.declare(channel, s.host_id, s.amqp.delivery_limit)
         dispatcher = rt.dispatcher or Dispatcher(build_registry(), rt.ctx)
         cache = ReplyCache(s.amqp.dedupe_window_seconds, s.amqp.dedupe_max_entries)
+        retry_policy = RetryPolicy(queue=topo.retry_queue.name,
+                                   delay_seconds=s.amqp.retry_delay_seconds,
+                                   attempts=s.amqp.retry_attempts)
         self.consumer = JobConsumer(channel, topo.queue, dispatcher.execute, cache,
-                                    s.host_id, rt.observers, _quarantine(s))
+                                    s.host_id, rt.observers, _quarantine(s), retry_policy)
         await self.consumer.start()
 
     async def _shutdown(self) -> None:

@@ -352,7 +352,8 @@ class NetlinkWatcher:
             if (now is None) == (prev is None):
                 continue  # unchanged, or came and went within the batch
             addr = now or prev
-            assert addr is not None
+            if addr is None:  # both None was skipped just above
+                continue
             name = self._name(addr.index, names)
             emit("address.added" if now is not None else "address.removed", name,
                  address_data(addr, name))
