@@ -26,9 +26,9 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from vnetd import metrics
-from vnetd.aio import cancel_and_wait
 from vnetd.events.bus import EventBus
 from vnetd.events.cloudevents import CONTENT_TYPE, Event, encode, event_id, routing_key
+from vnetd.supervisor import TaskTree
 
 log = structlog.get_logger("vnetd.events")
 
@@ -50,7 +50,8 @@ class EventPublisher:
         self.state = "disconnected"
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.tasks = TaskTree(self.name)
+        self._running = False
         self._inflight: deque[tuple[Event, asyncio.Task[object]]] = deque()
         self._space = asyncio.Event()
         self._failed = False
@@ -60,17 +61,18 @@ class EventPublisher:
         self._exchange = await self._channel.declare_exchange(
             self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
         self.state = "connected"
-        self._task = asyncio.create_task(self._run(), name="events.publisher")
+        self._running = True
+        self.tasks.spawn("pump", self._run, restart=True)
 
     async def stop(self) -> None:
         """Flush what is buffered (bounded by flush_timeout), then close the channel."""
-        if self._task is not None:
+        if self._running:
             try:
                 await asyncio.wait_for(self.bus.wait_drained(), self.flush_timeout)
             except TimeoutError:
                 log.warning("events_flush_timeout", left=self.bus.buffered)
-        await cancel_and_wait(self._task)
-        self._task = None
+        self._running = False
+        await self.tasks.stop()
         for _, task in self._inflight:  # unconfirmed publishes: the channel closes anyway
             task.cancel()
         if self._channel is not None:
