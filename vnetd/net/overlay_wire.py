@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from vnetd.net import rtnl
 from vnetd.net.overlay import (
     NTF_EXT_LEARNED,
     NTF_SELF,
@@ -26,32 +27,44 @@ from vnetd.net.overlay import (
     VxlanInfo,
     VxlanSpec,
 )
+from vnetd.net.rtnl import (
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MTU,
+    NETLINK_CAP_ACK,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    SOL_NETLINK,
+    attr,
+    attr_str,
+    attr_u8,
+    attr_u32,
+    get_u8,
+    get_u32,
+    ifinfo,
+    mac_bytes,
+    nested,
+)
 
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWLINK, RTM_GETLINK = 16, 18
-RTM_GETADDR = 22
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_DUMP_INTR = 0x10
-NLM_F_DUMP = 0x300
-NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x100, 0x200, 0x400, 0x800
-NLA_F_NESTED = 0x8000
-SOL_NETLINK, NETLINK_CAP_ACK = 270, 10
+NLM_F_REPLACE, NLM_F_APPEND = 0x100, 0x800
 AF_BRIDGE = 7
-
-IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 3, 4, 18
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VXLAN_ID, VXLAN_LINK, VXLAN_LOCAL, VXLAN_TTL, VXLAN_TOS = 1, 3, 4, 5, 6
 VXLAN_LEARNING, VXLAN_PROXY, VXLAN_PORT, VXLAN_LOCAL6 = 7, 11, 15, 17
-IFA_ADDRESS, IFA_LOCAL = 1, 2
 NDA_DST, NDA_LLADDR, NDA_IFINDEX = 1, 2, 8
 
-_HDR = struct.Struct("=IHHII")
-_ATTR = struct.Struct("=HH")
-_IFINFO = struct.Struct("=BxHiII")
-_IFADDR = struct.Struct("=BBBBI")
+_HDR = rtnl.NLMSGHDR
+_IFINFO = rtnl.IFINFOMSG
 _NDMSG = struct.Struct("=BxxxiHBB")
-_ERR = struct.Struct("=i")
+_ERR = rtnl.S32
 CHUNK_BYTES = 32 * 1024
 """Requests per write: well under the socket buffers, so acks never overrun."""
 RECV_BYTES = 1 << 20
@@ -69,15 +82,6 @@ class DumpInterrupted(Exception):
 
 
 # ------------------------------------------------------------------ encoding
-def _attr(kind: int, payload: bytes) -> bytes:
-    raw = _ATTR.pack(4 + len(payload), kind) + payload
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def _mac(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
 def _ip(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
@@ -88,20 +92,19 @@ def _family(ip: str) -> int:
 
 def vxlan_create_body(spec: VxlanSpec) -> bytes:
     local = ipaddress.ip_address(spec.local)
-    data = _attr(VXLAN_ID, struct.pack("=I", spec.vni))
-    data += _attr(VXLAN_LOCAL if local.version == 4 else VXLAN_LOCAL6, local.packed)
+    data = attr_u32(VXLAN_ID, spec.vni)
+    data += attr(VXLAN_LOCAL if local.version == 4 else VXLAN_LOCAL6, local.packed)
     if spec.link is not None:
-        data += _attr(VXLAN_LINK, struct.pack("=I", spec.link))
-    data += _attr(VXLAN_PORT, struct.pack("!H", spec.port))
-    data += _attr(VXLAN_LEARNING, bytes([int(spec.learning)]))
-    data += _attr(VXLAN_PROXY, bytes([int(spec.proxy)]))
-    data += _attr(VXLAN_TTL, bytes([spec.ttl]))
-    data += _attr(VXLAN_TOS, bytes([spec.tos]))
-    info = _attr(IFLA_INFO_KIND, b"vxlan\0") + _attr(IFLA_INFO_DATA | NLA_F_NESTED, data)
-    body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, spec.name.encode() + b"\0")
+        data += attr_u32(VXLAN_LINK, spec.link)
+    data += attr(VXLAN_PORT, struct.pack("!H", spec.port))  # network order, unlike the rest
+    data += attr_u8(VXLAN_LEARNING, int(spec.learning))
+    data += attr_u8(VXLAN_PROXY, int(spec.proxy))
+    data += attr_u8(VXLAN_TTL, spec.ttl)
+    data += attr_u8(VXLAN_TOS, spec.tos)
+    body = ifinfo() + attr_str(IFLA_IFNAME, spec.name)
     if spec.mtu is not None:
-        body += _attr(IFLA_MTU, struct.pack("=I", spec.mtu))
-    return body + _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
+        body += attr_u32(IFLA_MTU, spec.mtu)
+    return body + rtnl.linkinfo("vxlan", data)
 
 
 _FDB_FLAGS = {"add": NLM_F_CREATE | NLM_F_EXCL, "append": NLM_F_CREATE | NLM_F_APPEND,
@@ -113,14 +116,14 @@ def fdb_request(index: int, op: FdbOp) -> tuple[int, int, bytes]:
     flags = NTF_SELF if op.action == "append" or op.mac == "00:00:00:00:00:00" \
         else NTF_SELF | NTF_EXT_LEARNED
     body = _NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, flags, 0)
-    body += _attr(NDA_LLADDR, _mac(op.mac)) + _attr(NDA_DST, _ip(op.dst))
+    body += attr(NDA_LLADDR, mac_bytes(op.mac)) + attr(NDA_DST, _ip(op.dst))
     kind = RTM_DELNEIGH if op.action == "delete" else RTM_NEWNEIGH
     return kind, _FDB_FLAGS[op.action], body
 
 
 def neigh_request(index: int, op: NeighOp) -> tuple[int, int, bytes]:
     body = _NDMSG.pack(_family(op.ip), index, NUD_PERMANENT, NTF_EXT_LEARNED, 0)
-    body += _attr(NDA_DST, _ip(op.ip)) + _attr(NDA_LLADDR, _mac(op.mac))
+    body += attr(NDA_DST, _ip(op.ip)) + attr(NDA_LLADDR, mac_bytes(op.mac))
     if op.action == "delete":
         return RTM_DELNEIGH, 0, body
     flags = NLM_F_CREATE | (NLM_F_REPLACE if op.action == "replace" else NLM_F_EXCL)
@@ -128,48 +131,37 @@ def neigh_request(index: int, op: NeighOp) -> tuple[int, int, bytes]:
 
 
 # ------------------------------------------------------------------ decoding
-def _attrs(data: bytes, pos: int, end: int) -> dict[int, bytes]:
-    found: dict[int, bytes] = {}
-    while pos + 4 <= end:
-        length, kind = _ATTR.unpack_from(data, pos)
-        if length < 4:
-            break
-        found[kind & 0x3FFF] = data[pos + 4:pos + length]
-        pos += (length + 3) & ~3
-    return found
+def _fmt_mac(raw: memoryview | None) -> str | None:
+    return rtnl.get_mac(raw) if raw is not None and len(raw) == 6 else None
 
 
-def _fmt_mac(raw: bytes | None) -> str | None:
-    return ":".join(f"{b:02x}" for b in raw) if raw and len(raw) == 6 else None
-
-
-def _fmt_ip(raw: bytes | None) -> str | None:
+def _fmt_ip(raw: memoryview | None) -> str | None:
     if raw is None or len(raw) not in (4, 16):
         return None
-    return str(ipaddress.ip_address(raw))
+    return str(ipaddress.ip_address(bytes(raw)))
 
 
-def _u8(raw: bytes | None) -> int:
-    return raw[0] if raw else 0
+def _u8(raw: memoryview | None) -> int:
+    return get_u8(raw) or 0
 
 
 def parse_vxlan(payload: bytes) -> VxlanInfo | None:
     """An RTM_NEWLINK payload -> VxlanInfo, or None when the link is not a VXLAN."""
-    top = _attrs(payload, _IFINFO.size, len(payload))
+    top = rtnl.attrs(payload, _IFINFO.size, len(payload), frozenset({IFLA_LINKINFO}))
     linkinfo = top.get(IFLA_LINKINFO)
     if linkinfo is None:
         return None
-    info = _attrs(linkinfo, 0, len(linkinfo))
-    if info.get(IFLA_INFO_KIND, b"").rstrip(b"\0") != b"vxlan":
+    info = nested(linkinfo)
+    if rtnl.get_str(info.get(IFLA_INFO_KIND)) != "vxlan":
         return None
-    raw = info.get(IFLA_INFO_DATA, b"")
-    d = _attrs(raw, 0, len(raw))
-    link = struct.unpack("=I", d[VXLAN_LINK])[0] if VXLAN_LINK in d else 0
+    raw = info.get(IFLA_INFO_DATA)
+    d = nested(raw) if raw is not None else {}
+    port = d.get(VXLAN_PORT)
     return VxlanInfo(
-        vni=struct.unpack("=I", d[VXLAN_ID])[0] if VXLAN_ID in d else 0,
+        vni=get_u32(d.get(VXLAN_ID)) or 0,
         local=_fmt_ip(d.get(VXLAN_LOCAL)) or _fmt_ip(d.get(VXLAN_LOCAL6)),
-        link=link or None,
-        port=struct.unpack("!H", d[VXLAN_PORT])[0] if VXLAN_PORT in d else 0,
+        link=get_u32(d.get(VXLAN_LINK)) or None,
+        port=struct.unpack("!H", port)[0] if port is not None and len(port) == 2 else 0,
         learning=bool(_u8(d.get(VXLAN_LEARNING))),
         proxy=bool(_u8(d.get(VXLAN_PROXY))),
         ttl=_u8(d.get(VXLAN_TTL)),
@@ -180,14 +172,13 @@ def parse_vxlan(payload: bytes) -> VxlanInfo | None:
 def parse_neigh(payload: bytes) -> tuple[int, int, int, int, str | None, str | None]:
     """(family, ifindex, state, flags, dst, lladdr) of an RTM_NEWNEIGH payload."""
     family, index, state, flags, _type = _NDMSG.unpack_from(payload, 0)
-    a = _attrs(payload, _NDMSG.size, len(payload))
+    a = rtnl.attrs(payload, _NDMSG.size, len(payload))
     return family, index, state, flags, _fmt_ip(a.get(NDA_DST)), _fmt_mac(a.get(NDA_LLADDR))
 
 
 def parse_addr(payload: bytes) -> tuple[int, str | None]:
-    _fam, _plen, _flags, _scope, index = _IFADDR.unpack_from(payload, 0)
-    a = _attrs(payload, _IFADDR.size, len(payload))
-    return index, _fmt_ip(a.get(IFA_LOCAL)) or _fmt_ip(a.get(IFA_ADDRESS))
+    found = rtnl.decode_address(payload, 0, len(payload))
+    return (found.index, found.address) if found is not None else (0, None)
 
 
 def messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
@@ -308,11 +299,11 @@ def fdb_dump_body(index: int) -> bytes:
 
 def neigh_dump_body(index: int) -> bytes:
     # AF_UNSPEC: ARP and ND tables in one dump, filtered by device in the kernel.
-    return _NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(NDA_IFINDEX, struct.pack("=I", index))
+    return _NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr_u32(NDA_IFINDEX, index)
 
 
 def addr_dump_body() -> bytes:
-    return _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    return rtnl.IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
 
 
 def fdb_rows(answers: list[tuple[int, bytes]], index: int) -> list[FdbEntry]:

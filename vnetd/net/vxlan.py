@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from vnetd.contract.errors import Unavailable, Unsupported, VnetdError
 from vnetd.net import overlay_wire as w
+from vnetd.net import rtnl
 from vnetd.net.netns import NamespaceWorker
 from vnetd.net.overlay import (
     FdbEntry,
@@ -63,7 +64,7 @@ class VxlanNetlink:
         body = w.vxlan_create_body(spec)
         try:
             await self._run(f"create vxlan {spec.name}", lambda s: s.request(
-                w.RTM_NEWLINK, w.NLM_F_CREATE | w.NLM_F_EXCL, body))
+                rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, body))
         except Unsupported as exc:
             raise Unsupported(
                 f"vxlan {spec.name}: this kernel has no VXLAN support (CONFIG_VXLAN, module "
@@ -72,14 +73,14 @@ class VxlanNetlink:
 
     async def vxlan_info(self, index: int) -> VxlanInfo | None:
         payload = await self._run(f"get link #{index}",
-                                  lambda s: s.get(w.RTM_GETLINK, w.link_get_body(index)))
+                                  lambda s: s.get(rtnl.RTM_GETLINK, w.link_get_body(index)))
         return None if payload is None else w.parse_vxlan(payload)
 
     async def local_addresses(self) -> dict[str, int]:
         found: dict[str, int] = {}
-        for mtype, payload in await self._dump("dump addresses", w.RTM_GETADDR,
+        for mtype, payload in await self._dump("dump addresses", rtnl.RTM_GETADDR,
                                                w.addr_dump_body()):
-            if mtype == 20:  # RTM_NEWADDR
+            if mtype == rtnl.RTM_NEWADDR:
                 index, address = w.parse_addr(payload)
                 if address is not None:
                     found.setdefault(address, index)
