@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from tests.support.wait import until
 from vnetd.amqp.quarantine import FlightRecorder, Quarantine, job_key
 
 
@@ -85,19 +86,24 @@ async def test_new_jobs_wait_while_a_suspect_runs(tmp_path: Path) -> None:
     crash_with(tmp_path, "sus")
     q = Quarantine(FlightRecorder(tmp_path), threshold=2)
     order: list[str] = []
+    suspect_running, late_arrived = asyncio.Event(), asyncio.Event()
 
     async def suspect() -> None:
         async with q.running("sus"):
             order.append("sus-start")
-            await asyncio.sleep(0.1)
+            suspect_running.set()
+            await late_arrived.wait()
+            for _ in range(20):  # loop turns enough for the late job to run, were it let in
+                await asyncio.sleep(0)
             order.append("sus-end")
 
     async def late() -> None:
-        await asyncio.sleep(0.08)  # arrives while the suspect runs
+        await suspect_running.wait()  # arrives while the suspect runs
+        late_arrived.set()
         async with q.running("late"):
             order.append("late")
 
-    await asyncio.gather(suspect(), late())
+    await asyncio.wait_for(asyncio.gather(suspect(), late()), 5)
     assert order == ["sus-start", "sus-end", "late"]
 
 
@@ -113,7 +119,7 @@ async def test_a_cancelled_delivery_lets_its_job_finish() -> None:
         return {}
 
     delivery = asyncio.ensure_future(run_to_end(job()))
-    await asyncio.sleep(0.01)
+    await until(lambda: steps == ["created"], "the job to be half-way")
     delivery.cancel()  # the channel closed under it
     try:
         await delivery
