@@ -7,9 +7,10 @@ from typing import Any
 
 from vnetd.contract import commands as c
 from vnetd.contract import network as n
-from vnetd.contract import ovs as o
+from vnetd.contract import overlay as o
+from vnetd.contract import ovs as ov
 from vnetd.contract.cleanup import CleanupRun
-from vnetd.handlers import bridge, host, link, network, ovs, port, tap
+from vnetd.handlers import bridge, fdb, host, link, network, ovs, port, tap, vxlan
 from vnetd.handlers.cleanup import run as cleanup_run
 from vnetd.handlers.context import Context
 
@@ -41,9 +42,12 @@ def build_registry() -> Registry:
         n.NetworkDumpxml: network.dumpxml,
         n.NetworkList: network.list_,
         n.NetworkUpdate: network.update,
-        o.OvsBridgeEnsure: ovs.ensure,
-        o.OvsBridgeDelete: ovs.delete,
-        o.OvsBridgeList: ovs.list_,
-        o.OvsPortAttach: ovs.attach,
-        o.OvsPortDetach: ovs.detach,
+        o.VxlanEnsure: vxlan.ensure,
+        o.VxlanDelete: vxlan.delete,
+        o.FdbConverge: fdb.converge,
+        ov.OvsBridgeEnsure: ovs.ensure,
+        ov.OvsBridgeDelete: ovs.delete,
+        ov.OvsBridgeList: ovs.list_,
+        ov.OvsPortAttach: ovs.attach,
+        ov.OvsPortDetach: ovs.detach,
     }

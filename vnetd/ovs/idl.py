@@ -53,7 +53,8 @@ class _Request:
     mutating: bool
     attempts: int = 0
     txn: Any = None
-    finish: Callable[[], Any] | None = None
+    finish: Callable[[], Any] = lambda: None
+    """What computes the answer once the transaction succeeded (set by `build`)."""
 
 
 @dataclass
@@ -355,7 +356,6 @@ class IdlBackend:
             pending.append(request)
             return
         if status in (Txn.SUCCESS, Txn.UNCHANGED):
-            assert request.finish is not None
             if not request.mutating:
                 _answer(request.future, request.finish)
                 return
