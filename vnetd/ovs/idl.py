@@ -114,16 +114,36 @@ class IdlBackend:
         self._state_listeners.append(listener)
 
     # ------------------------------------------------------------ lifecycle (loop side)
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._main, name="ovsdb-idl", daemon=True)
-        self._thread.start()
+    async def run(self) -> None:
+        """Run the IDL thread until cancelled (a supervised task: vnetd.supervisor).
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        self._wake()
-        if self._thread is not None:
+        The thread ending by itself is a failure, raised here so the task tree
+        logs it, degrades the daemon and starts a new thread after its backoff.
+        """
+        loop = self._loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def main() -> None:
+            try:
+                self._main()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is closing
+                    loop.call_soon_threadsafe(_settle_now, ended)
+
+        self._stopping.clear()
+        self._thread = threading.Thread(target=main, name="ovsdb-idl", daemon=True)
+        self._thread.start()
+        try:
+            await asyncio.shield(ended)
+        except asyncio.CancelledError:
+            self._stopping.set()
+            self._wake()
             await asyncio.to_thread(self._thread.join, 5.0)
+            raise
+        raise RuntimeError(f"the OVSDB thread ended: {self.shared.last_error}")
+
+    def close(self) -> None:
+        """Release the wake-up pipe, once the thread has stopped for good."""
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -279,7 +299,7 @@ class IdlBackend:
         waiters: list[_Waiter] = []
         seqno = -1
         was_connected = False
-        ever = False
+        ever = self.shared.picture is not None  # a restarted thread: its first picture resyncs
         while not self._stopping.is_set():
             idl.run()
             connected = idl._session.is_connected() and idl.state == idl.IDL_S_MONITORING
@@ -469,6 +489,11 @@ def _bridge_name_of(idl: ovs.db.idl.Idl, port_uuid: str) -> str | None:
         if any(p.uuid == wanted for p in br.ports):
             return str(br.name)
     return None
+
+
+def _settle_now(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _answer(future: asyncio.Future[Any], finish: Callable[[], Any]) -> None:

@@ -32,6 +32,7 @@ from vnetd.handlers import ovs as views
 from vnetd.handlers.context import Context
 from vnetd.ovs.backend import OvsBridge, OvsOptions, OvsPort, OvsState
 from vnetd.ovs.idl import IdlBackend
+from vnetd.supervisor import TaskTree
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +70,7 @@ class OvsWatcher:
         self.known: OvsState | None = None
         self.resyncs = 0
         self._connected = asyncio.Event()
+        self.tasks = TaskTree(self.name)
 
     # ------------------------------------------------------------ Component
     async def start(self) -> None:
@@ -77,7 +79,9 @@ class OvsWatcher:
         self._set_state("connecting")
         self.backend.listen(self._on_picture)
         self.backend.listen_state(self._on_state)
-        self.backend.start()
+        # The IDL thread lives as long as this task; if it dies it is restarted (with
+        # backoff) and the daemon is degraded meanwhile (host.health names `ovs/idl`).
+        self.tasks.spawn("idl", self.backend.run, restart=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), FIRST_CONNECT_WAIT)
         self._set_state(self.backend.state)
@@ -86,7 +90,8 @@ class OvsWatcher:
                         error=self.backend.last_error)
 
     async def stop(self) -> None:
-        await self.backend.stop()
+        await self.tasks.stop()
+        self.backend.close()
         self._set_state("stopped")
 
     # ------------------------------------------------------------ state
