@@ -7,6 +7,9 @@ connection closes, so on loss (close callback, keepalive timeout, or a failed
 open) it reports `degraded`, reconnects with exponential backoff, registers the
 callbacks again, rereads the network list and emits what changed while it was
 away (`"resync": true` in the data). It also adds `networks` to host.snapshot.
+Domain events that concern networking (a guest's NIC on vnetd's networks, bridges
+or TAPs) come through the same connection: see watchers/libvirt_domains.py; their
+running domains are host.snapshot's `domains`.
 
 Callbacks only enqueue; one task turns the queue into events in order.
 """
@@ -25,6 +28,7 @@ from vnetd.handlers.context import Context
 from vnetd.handlers.network import view
 from vnetd.virt.backend import NetworkState, VirtError
 from vnetd.virt.libvirt_backend import LibvirtBackend
+from vnetd.watchers.libvirt_domains import DomainTracker
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +52,7 @@ class LibvirtWatcher:
         self._queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.domains = DomainTracker(ctx, lambda: self.known)
 
     # ------------------------------------------------------------ Component
     async def start(self) -> None:
@@ -57,7 +62,9 @@ class LibvirtWatcher:
         if not await self._connect_once(first=True):
             self._lost.set()  # not fatal: the supervisor keeps trying
         self._tasks = [asyncio.create_task(self._supervise(), name="libvirt-supervise"),
-                       asyncio.create_task(self._drain_events(), name="libvirt-events")]
+                       asyncio.create_task(self._drain_events(), name="libvirt-events"),
+                       asyncio.create_task(self.domains.run(self.backend),
+                                           name="libvirt-domains")]
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)
@@ -82,7 +89,8 @@ class LibvirtWatcher:
 
     async def _connect_once(self, *, first: bool = False) -> bool:
         try:
-            await self.backend.open(self._on_event, self._on_close)
+            await self.backend.open(self._on_event, self._on_close,
+                                    on_domain=self.domains.on_event)
             states = await self.backend.list_networks()
         except VirtError as exc:
             log.warning("libvirt_connect_failed", uri=self.backend.uri, error=exc.message)
@@ -93,6 +101,7 @@ class LibvirtWatcher:
         if not first or self.known:
             metrics.RESYNCS.labels(reason="libvirt_reconnect").inc()
         self._resync(states, emit=not first)
+        self.domains.request_resync(emit=not first)
         self._set_state("connected")
         log.info("libvirt_connected", uri=self.backend.uri, networks=len(states))
         return True
@@ -165,5 +174,6 @@ class LibvirtWatcher:
         try:
             states = await self.backend.list_networks()
         except VirtError as exc:
-            return {"networks": None, "networks_error": exc.message}
-        return {"networks": sorted((view(s) for s in states), key=lambda v: str(v["name"]))}
+            return {"networks": None, "networks_error": exc.message, "domains": None}
+        return {"networks": sorted((view(s) for s in states), key=lambda v: str(v["name"])),
+                "domains": self.domains.snapshot()}
