@@ -7,9 +7,9 @@ from typing import Any
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
 from vnetd.contract.errors import Unsupported
 from vnetd.handlers.context import Context
-from vnetd.handlers.policy import require_kind
+from vnetd.handlers.policy import require_kind, require_link
 from vnetd.handlers.views import bridge_table, view_of
-from vnetd.net.model import OWNER_ALIAS, BridgeOptions, Link, LinkChange
+from vnetd.net.model import BridgeOptions, Link, LinkChange
 
 
 def _same_timer(wanted: float, have: float) -> bool:
@@ -40,7 +40,13 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
     ctx.policy.check_protected(cmd.name, "create or change")
     link = await ctx.net.get_link(cmd.name)
     created = False
-    if link is None:
+    if link is not None and link.half_created and link.kind == "bridge":
+        # vnetd's own creation that a kill cut short (net/model.py CREATING_GROUP):
+        # this (redelivered) job finishes it.
+        await ctx.net.finish_creation(link)
+        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "bridge")
+        created = True
+    elif link is None:
         # MTU is set after creation, not in RTM_NEWLINK: only a changed MTU counts as
         # "set by the user" for the kernel, which otherwise lowers it to the ports'.
         try:
@@ -49,10 +55,8 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
                 vlan_filtering=cmd.vlan_filtering))
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
-        link = await ctx.net.get_link(cmd.name)
-        assert link is not None
-        # Mark it ours before anything else; the kernel ignores an alias on creation.
-        await ctx.net.set_link(link.index, LinkChange(alias=OWNER_ALIAS))
+        # Created marked as vnetd's (the backend does it before anything else).
+        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "bridge")
         created = True
     else:
         require_kind(link, "bridge")
@@ -69,8 +73,7 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
             await ctx.net.set_link(link.index, change)
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
-        link = await ctx.net.get_link(cmd.name)
-        assert link is not None
+        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "bridge")
     return {**await view_of(ctx.net, link), "created": created, "changed": changed or created}
 
 
