@@ -42,6 +42,7 @@ from vnetd.net import fastlink, rtnl, tun
 from vnetd.net.fastlink import DumpInterrupted, FastLink, NetlinkRequestError
 from vnetd.net.model import CREATING_GROUP, OWNER_ALIAS, BridgeOptions, Link, LinkChange, TapSpec
 from vnetd.net.netns import NamespaceWorker
+from vnetd.net.vxlan import VxlanNetlink
 
 T = TypeVar("T")
 DUMP_RETRIES = 5
@@ -90,6 +91,10 @@ class NetlinkBackend:
         self._del_sock: socket.socket | None = None
         self._deletes: list[tuple[int, asyncio.Future[None]]] = []
         self._deleting: asyncio.Task[None] | None = None
+        self._overlay = VxlanNetlink(self._worker, error_from_errno)
+
+    def overlay(self) -> VxlanNetlink:
+        return self._overlay
 
     def _pyroute2(self) -> Any:
         if self._ipr is None:
@@ -319,6 +324,7 @@ class NetlinkBackend:
             self._del_sock.close()
         if self._ipr is not None:
             self._ipr.close()
+        await self._worker.run(self._overlay.close)  # its socket lives on the worker
         self._worker.close()
 
 
