@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
-from vnetd.contract.errors import Unsupported
+from vnetd.contract.errors import NotFound, Unsupported
 from vnetd.handlers.context import Context
 from vnetd.handlers.overlay_views import add_bridge_vxlans
-from vnetd.handlers.policy import require_kind, require_link
+from vnetd.handlers.policy import require_kind
 from vnetd.handlers.views import bridge_table, view_of
 from vnetd.net.model import BridgeOptions, Link, LinkChange
 
@@ -45,7 +45,7 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
         # vnetd's own creation that a kill cut short (net/model.py CREATING_GROUP):
         # this (redelivered) job finishes it.
         await ctx.net.finish_creation(link)
-        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "bridge")
+        link = await _gone_is_not_found(ctx, cmd.name)
         created = True
     elif link is None:
         # MTU is set after creation, not in RTM_NEWLINK: only a changed MTU counts as
@@ -57,7 +57,7 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
         # Created marked as vnetd's (the backend does it before anything else).
-        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "bridge")
+        link = await _gone_is_not_found(ctx, cmd.name)
         created = True
     else:
         require_kind(link, "bridge")
@@ -74,7 +74,7 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
             await ctx.net.set_link(link.index, change)
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
-        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "bridge")
+        link = await _gone_is_not_found(ctx, cmd.name)
     return {**await view_of(ctx.net, link), "created": created, "changed": changed or created}
 
 
@@ -105,3 +105,11 @@ def _explain(exc: Unsupported, cmd: BridgeEnsure) -> Unsupported:
             "(CONFIG_BRIDGE_VLAN_FILTERING); leave vlan_filtering unset or false",
             name=cmd.name, feature="vlan_filtering", **exc.details)
     return exc
+
+
+async def _gone_is_not_found(ctx: Context, name: str) -> Link:
+    """The bridge just created or changed; someone else may have deleted it meanwhile."""
+    link = await ctx.net.get_link(name)
+    if link is None:
+        raise NotFound(f"bridge {name} disappeared while vnetd was setting it up", name=name)
+    return link
