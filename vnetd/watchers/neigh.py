@@ -12,6 +12,10 @@ anything else is published:
   now points elsewhere) or "added" (an entry with vnetd's marker that vnetd did
   not write).
 
+A removal is published a moment later, once the device is known to still
+exist: deleting a VXLAN device deletes all its entries, and that is one
+`link.removed`, not a removal of every entry.
+
 On start (and after a receive overrun) it reads the owned devices' tables:
 after a restart the kernel's owned entries are what vnetd wrote, and an
 overrun's losses are found by comparing the record with the kernel.
@@ -35,6 +39,8 @@ from vnetd.net import overlay_wire as w
 
 log = structlog.get_logger("vnetd.watchers.neigh")
 MAX_DATAGRAMS_PER_WAKEUP = 256
+REMOVAL_DELAY = 0.1
+"""Seconds a removal waits, so a whole device's deletion is seen as that."""
 EVENT_TYPES = {"remotes": "fdb.changed", "fdb": "fdb.changed", "neighbours": "neighbour.changed"}
 
 
@@ -65,6 +71,8 @@ class NeighWatcher:
         self._resync: asyncio.Task[None] | None = None
         self.overruns = 0
         self.reported = 0
+        self._removals: list[tuple[int, str, str, str | None]] = []
+        self._flush: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._sock = self._open()
@@ -72,7 +80,7 @@ class NeighWatcher:
         await self._sync(report=False)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._resync)
+        await cancel_and_wait(self._resync, self._flush)
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
@@ -133,12 +141,28 @@ class NeighWatcher:
                 # row of it (another VTEP) first, and that is not drift.
                 wrote = expected.get(key, "-") == n.value and (n.owned or n.table == "remotes")
             if key in expected and wrote:
-                self._emit(n.index, n.table, n.key, "removed", expected[key], None)
+                self._removals.append((n.index, n.table, n.key, expected[key]))
+                if self._flush is None or self._flush.done():
+                    self._flush = asyncio.create_task(self.flush(REMOVAL_DELAY))
         elif n.owned:
             if key not in expected:
                 self._emit(n.index, n.table, n.key, "added", None, n.value)
             elif expected[key] != n.value:
                 self._emit(n.index, n.table, n.key, "changed", expected[key], n.value)
+
+    async def flush(self, delay: float = 0.0) -> None:
+        """Publish the removals gathered, except those of devices that are gone."""
+        await asyncio.sleep(delay)
+        todo, self._removals = self._removals, []
+        alive: dict[int, bool] = {}
+        for index, table, key, expected in todo:
+            if index not in alive:
+                link = await self.ctx.net.get_link_by_index(index)
+                alive[index] = link is not None and link.kind == "vxlan"
+                if not alive[index]:
+                    self.state.forget(index)
+            if alive[index]:
+                self._emit(index, table, key, "removed", expected, None)
 
     def _emit(self, index: int, table: str, key: str, change: str, expected: str | None,
               current: str | None) -> None:
