@@ -18,6 +18,7 @@ import itertools
 import json
 import re
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,3 +139,28 @@ def fdb_rows(ns: str, dev: str) -> list[dict[str, Any]]:
 
 def remotes(ns: str, dev: str) -> set[str]:
     return {r["dst"] for r in fdb_rows(ns, dev) if r["mac"] == "00:00:00:00:00:00"}
+
+
+class Capture:
+    """`tcpdump` on one device of a namespace while a block runs: the packets it saw."""
+
+    def __init__(self, ns: str, dev: str, bpf: str) -> None:
+        self.cmd = ["ip", "netns", "exec", ns, "tcpdump", "-i", dev, "-n", "-l", "-U", bpf]
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    def __enter__(self) -> Capture:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:  # "listening on eth0, ..." once it captures
+            if "listening on" in line:
+                break
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        time.sleep(0.5)  # the last packets on their way through tcpdump's pipe
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        self.lines = [line for line in out.splitlines() if line.strip()]

@@ -41,7 +41,7 @@ log = structlog.get_logger("vnetd.watchers.neigh")
 MAX_DATAGRAMS_PER_WAKEUP = 256
 REMOVAL_DELAY = 0.1
 """Seconds a removal waits, so a whole device's deletion is seen as that."""
-EVENT_TYPES = {"remotes": "fdb.changed", "fdb": "fdb.changed", "neighbours": "neighbour.changed"}
+_EVENT_TYPES = {"remotes": "fdb.changed", "fdb": "fdb.changed", "neighbours": "neighbour.changed"}
 
 
 async def owned_state(ctx: Context, index: int) -> State:
@@ -176,4 +176,4 @@ class NeighWatcher:
             data.update(mac=key, expected_dst=expected, dst=current)
         else:
             data.update(ip=key, expected_mac=expected, mac=current)
-        self.sink.emit(EVENT_TYPES[table], name, data)
+        self.sink.emit(_EVENT_TYPES[table], name, data)
