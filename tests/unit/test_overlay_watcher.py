@@ -59,7 +59,7 @@ async def test_own_writes_are_silent() -> None:
     wt.feed(fdb(FdbOp("delete", ZERO_MAC, "198.51.100.3"), deleted=True))
     # Other devices are not watched.
     wt.feed(fdb(FdbOp("delete", ZERO_MAC, "198.51.100.2"), index=8, deleted=True))
-    await wt.flush()
+    await wt.settle()
     assert sink.events == []
 
 
@@ -70,7 +70,7 @@ async def test_outside_changes_are_events() -> None:
     wt.feed(fdb(FdbOp("delete", "52:54:00:00:00:02", "198.51.100.2"), deleted=True))
     del_neigh = w.neigh_request(7, NeighOp("delete", "10.0.0.2", "52:54:00:00:00:02"))[2]
     wt.feed(notice(w.RTM_DELNEIGH, del_neigh))
-    await wt.flush()
+    await wt.settle()
     types = [(t, d["table"], d["change"]) for t, _, d in sink.events]
     # "changed" at once; removals after the device is known to be still there.
     assert types == [("fdb.changed", "fdb", "changed"), ("fdb.changed", "remotes", "removed"),
@@ -85,7 +85,7 @@ async def test_a_deleted_device_is_not_a_removal_of_each_entry() -> None:
     wt, sink = watcher()
     wt.feed(fdb(FdbOp("delete", ZERO_MAC, "198.51.100.2"), deleted=True))
     await wt.ctx.net.delete_link(7)
-    await wt.flush()
+    await wt.settle()
     assert sink.events == [] and 7 not in wt.state.devices
 
 
@@ -95,7 +95,7 @@ async def test_foreign_rows_are_ignored() -> None:
     body = w.fdb_request(7, FdbOp("append", "52:54:00:00:00:77", "198.51.100.2"))[2]
     wt.feed(notice(w.RTM_NEWNEIGH, body))
     wt.feed(notice(w.RTM_DELNEIGH, body))
-    await wt.flush()
+    await wt.settle()
     assert sink.events == []
 
 

@@ -150,6 +150,11 @@ class NeighWatcher:
             elif expected[key] != n.value:
                 self._emit(n.index, n.table, n.key, "changed", expected[key], n.value)
 
+    async def settle(self) -> None:
+        """Wait until the removals seen so far are published (or dropped)."""
+        while self._flush is not None and not self._flush.done():
+            await self._flush
+
     async def flush(self, delay: float = 0.0) -> None:
         """Publish the removals gathered, except those of devices that are gone."""
         await asyncio.sleep(delay)
