@@ -103,7 +103,8 @@ class NeighWatcher:
                         self._emit(link.index, key[0], key[1], "changed", value, have[key])
 
     def _on_readable(self) -> None:
-        assert self._sock is not None
+        if self._sock is None:
+            return
         for _ in range(MAX_DATAGRAMS_PER_WAKEUP):
             try:
                 data = self._sock.recv(w.RECV_BYTES)
