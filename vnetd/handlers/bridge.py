@@ -7,6 +7,7 @@ from typing import Any
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
 from vnetd.contract.errors import NotFound, Unsupported
 from vnetd.handlers.context import Context
+from vnetd.handlers.overlay_mtu import check_overlay_mtu
 from vnetd.handlers.overlay_views import add_bridge_vxlans
 from vnetd.handlers.policy import require_kind
 from vnetd.handlers.views import bridge_table, view_of
@@ -62,6 +63,8 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
     else:
         require_kind(link, "bridge")
         ctx.policy.require_owned(link, "change")
+        if cmd.mtu is not None and cmd.mtu != link.mtu:
+            await check_overlay_mtu(ctx, link, cmd.mtu, f"bridge {cmd.name}")
     change = LinkChange(
         mtu=cmd.mtu if cmd.mtu is not None and cmd.mtu != link.mtu else None,
         mac=cmd.mac if cmd.mac is not None and cmd.mac != link.mac else None,

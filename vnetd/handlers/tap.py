@@ -7,6 +7,7 @@ from typing import Any
 from vnetd.contract.commands import TapDelete, TapEnsure
 from vnetd.contract.errors import Conflict, Forbidden
 from vnetd.handlers.context import Context
+from vnetd.handlers.overlay_mtu import check_overlay_mtu
 from vnetd.handlers.policy import require_kind, require_link
 from vnetd.handlers.views import view_of
 from vnetd.net.model import Link, LinkChange, TapSpec
@@ -41,6 +42,8 @@ async def _target_bridge(cmd: TapEnsure, ctx: Context) -> Link | None:
 async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
     ctx.policy.check_protected(cmd.name, "create or change")
     bridge = await _target_bridge(cmd, ctx)  # checked before any side effect
+    if bridge is not None and cmd.mtu is not None:
+        await check_overlay_mtu(ctx, bridge, cmd.mtu, f"tap {cmd.name}")
     link = await ctx.net.get_link(cmd.name)
     created = owner_changed = False
     if link is None:
