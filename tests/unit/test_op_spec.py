@@ -32,6 +32,7 @@ WIRE: dict[str, set[str]] = {
                       "vlan_filtering", "up", "hold_seconds"},
     "bridge.list": set(),
     "cleanup.run": {"dry_run"},
+    "fdb.converge": {"name", "remotes", "fdb", "neighbours"},
     "host.health": set(),
     "host.snapshot": set(),
     "link.list": {"kind", "owned_only"},
@@ -50,6 +51,9 @@ WIRE: dict[str, set[str]] = {
     "tap.delete": {"name"},
     "tap.ensure": {"name", "bridge", "mtu", "mac", "owner_uid", "group_gid", "multi_queue",
                    "vnet_hdr", "ipv6", "up", "hold_seconds"},
+    "vxlan.delete": {"name"},
+    "vxlan.ensure": {"name", "vni", "local", "dev", "dstport", "learning", "proxy", "ttl", "tos",
+                     "mtu", "bridge", "up"},
 }
 
 READ_ONLY = {"host.health", "host.snapshot", "bridge.list", "link.list", "network.list",
@@ -86,6 +90,11 @@ SAMPLES: dict[str, tuple[dict[str, Any], tuple[str, ...], tuple[str, ...], tuple
     "network.update": ({"name": "n1", "action": "add",
                         "host": {"mac": "02:00:00:00:00:01", "ip": "192.168.150.20"}},
                        ("network:n1",), (), (), 0.0, "n1"),
+    "vxlan.ensure": ({"name": "vx1", "vni": 5, "local": "192.0.2.1", "bridge": "br0"},
+                     ("link:vx1",), ("link:br0",), (), 0.0, "vx1"),
+    "vxlan.delete": ({"name": "vx1"}, ("link:vx1",), (), (), 0.0, "vx1"),
+    "fdb.converge": ({"name": "vx1", "remotes": ["192.0.2.2"]}, ("link:vx1",), (), (), 0.0,
+                     "vx1"),
 }
 
 

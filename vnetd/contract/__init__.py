@@ -9,3 +9,4 @@ module; `commands.build_op_table` lists them all (`commands.OPS`).
 from vnetd.contract import cleanup as cleanup
 from vnetd.contract import commands as commands
 from vnetd.contract import network as network
+from vnetd.contract import overlay as overlay

@@ -11,7 +11,6 @@ one list of every op module's models (adding an op: docs/contract.md, Adding an 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -26,19 +25,10 @@ from pydantic import (
     model_validator,
 )
 
-from vnetd.contract import cleanup, network
+from vnetd.contract import cleanup, network, overlay
 from vnetd.contract.base import Command, OpSpec
 from vnetd.contract.errors import InvalidArgument
-from vnetd.contract.types import IfName, Mac, Mtu
-
-# libvirt names its own devices vnetN, macvtapN and macvlanN and may reuse them.
-_LIBVIRT_RESERVED = re.compile(r"(vnet|macvtap|macvlan)\d+")
-
-
-def _not_libvirt_reserved(name: str) -> str:
-    if _LIBVIRT_RESERVED.fullmatch(name):
-        raise ValueError(f"{name!r} is in libvirt's reserved namespace (vnetN, macvtapN, macvlanN)")
-    return name
+from vnetd.contract.types import IfName, Mac, Mtu, not_libvirt_reserved
 
 
 class BridgeEnsure(Command):
@@ -61,7 +51,7 @@ class BridgeEnsure(Command):
         default=None, ge=0, le=7 * 86_400,
         description="keep the device from cleanup this long (a VM start, a migration)")
 
-    _reserved = field_validator("name")(_not_libvirt_reserved)
+    _reserved = field_validator("name")(not_libvirt_reserved)
 
 
 class BridgeDelete(Command):
@@ -95,7 +85,7 @@ class TapEnsure(Command):
         default=None, ge=0, le=7 * 86_400,
         description="keep the device from cleanup this long (a VM start, a migration)")
 
-    _reserved = field_validator("name")(_not_libvirt_reserved)
+    _reserved = field_validator("name")(not_libvirt_reserved)
 
     @model_validator(mode="after")
     def _not_own_bridge(self) -> TapEnsure:
@@ -242,7 +232,7 @@ def build_op_table(*groups: Iterable[type[Command]]) -> OpTable:
 
 
 _ALL_GROUPS: tuple[tuple[type[Command], ...], ...] = (
-    LINK_OPS, network.NETWORK_OPS, cleanup.CLEANUP_OPS)
+    LINK_OPS, network.NETWORK_OPS, cleanup.CLEANUP_OPS, overlay.OVERLAY_OPS)
 
 OPS: OpTable = build_op_table()
 """Every op vnetd's contract defines, by name (read-only: built once, above)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vnetd.contract.events import EventSink, NullSink
+from vnetd.handlers.overlay_state import OverlayState
 from vnetd.handlers.policy import Policy
 from vnetd.net.backend import NetBackend
 from vnetd.virt.backend import VirtBackend
@@ -43,3 +44,5 @@ class Context:
     """What host.snapshot adds to the host id (when none gives `links`, it dumps them)."""
     cleanup: CleanupSweep | None = None
     """The daemon's cleanup sweep; None when it is not set up (cleanup.run: unavailable)."""
+    overlay: OverlayState = field(default_factory=OverlayState)
+    """What fdb.converge last wrote to each VXLAN device (the daemon's one copy)."""
