@@ -8,7 +8,10 @@ What is an orphan (each rule switchable in `[cleanup]`, each with its grace):
 - `bridge.empty`: an owned bridge with no ports, for longer than
   `bridge_grace_seconds`, that no libvirt network or domain references;
 - `network.ttl`: an owned transient libvirt network past the time-to-live it
-  was given when it was created.
+  was given when it was created;
+- `vxlan.orphan`: an owned VXLAN device attached to no bridge (its bridge is
+  gone, so it carries no guest's traffic), for longer than
+  `bridge_grace_seconds` (switched with the bridge rule).
 Devices vnetd does not own (no `vnetd:` alias) and protected ones are never
 looked at.
 
@@ -66,6 +69,7 @@ log = structlog.get_logger("vnetd.cleanup")
 TAP_RULE = "tap.idle"
 BRIDGE_RULE = "bridge.empty"
 NETWORK_RULE = "network.ttl"
+VXLAN_RULE = "vxlan.orphan"
 PARALLEL = 256
 """Devices re-checked and removed (or clocks written) at once."""
 _MARKER = re.compile(r"^(vnetd:\S*) idle=(\d+(?:\.\d+)?)/(\d+)$")
@@ -203,6 +207,8 @@ class Sweeper:
             return TAP_RULE
         if link.kind == "bridge" and self.rules.bridges:
             return BRIDGE_RULE
+        if link.kind == "vxlan" and self.rules.bridges:
+            return VXLAN_RULE
         return None
 
     def _grace(self, rule: str) -> float:
@@ -212,6 +218,8 @@ class Sweeper:
     def _in_use(link: Link, rule: str, ports: Counter[int]) -> str | None:
         if rule == TAP_RULE:
             return "held open by a process (carrier on)" if link.carrier else None
+        if rule == VXLAN_RULE:
+            return "attached to a bridge" if link.master else None
         n = ports[link.index]
         return f"has {n} port(s)" if n else None
 
@@ -239,7 +247,7 @@ class Sweeper:
             report.checked += 1
             if self._in_use(link, rule, ports):
                 report.in_use += 1
-                if rule == BRIDGE_RULE and parse_marker(link.alias) is not None:
+                if rule != TAP_RULE and parse_marker(link.alias) is not None:
                     clears.append(link)
                 continue
             since, stored = self._idle_since(link, rule, now)
@@ -336,6 +344,9 @@ class Sweeper:
         if cand.rule == TAP_RULE:
             if now_.carrier or now_.carrier_changes != link.carrier_changes:
                 return "in use at the re-check (a process opened it)"
+        elif cand.rule == VXLAN_RULE:
+            if now_.master is not None:
+                return "attached to a bridge at the re-check"
         else:
             ports = [p.name for p in await self.net.list_links() if p.master == link.index]
             if ports:

@@ -41,7 +41,7 @@ def mtu_limit(underlay: Link, local: str) -> tuple[int, int]:
     return underlay.mtu - cost, cost
 
 
-def _check_mtu(what: str, mtu: int, underlay: Link, local: str) -> None:
+def check_mtu(what: str, mtu: int, underlay: Link, local: str) -> None:
     limit, cost = mtu_limit(underlay, local)
     if mtu > limit:
         family = "IPv4" if ipaddress.ip_address(local).version == 4 else "IPv6"
@@ -71,7 +71,7 @@ async def ensure(cmd: VxlanEnsure, ctx: Context) -> dict[str, Any]:
     underlay = await underlay_of(ctx, cmd.local, cmd.dev)
     limit, _ = mtu_limit(underlay, cmd.local)
     if cmd.mtu is not None:
-        _check_mtu(f"vxlan {cmd.name}", cmd.mtu, underlay, cmd.local)
+        check_mtu(f"vxlan {cmd.name}", cmd.mtu, underlay, cmd.local)
     link = await ctx.net.get_link(cmd.name)
     created = False
     if link is not None:
@@ -87,7 +87,7 @@ async def ensure(cmd: VxlanEnsure, ctx: Context) -> dict[str, Any]:
                            fields=differ)
     else:
         if limit < 68:
-            _check_mtu(f"vxlan {cmd.name}", 68, underlay, cmd.local)
+            check_mtu(f"vxlan {cmd.name}", 68, underlay, cmd.local)
         await overlay.add_vxlan(VxlanSpec(
             name=cmd.name, vni=cmd.vni, local=cmd.local,
             link=underlay.index if cmd.dev is not None else None, port=cmd.dstport,

@@ -14,7 +14,9 @@ from vnetd.events.commands import CommandEvents
 from vnetd.events.heartbeat import HostLifecycle
 from vnetd.events.publisher import EventPublisher
 from vnetd.net.monitor import MonitorSocket
+from vnetd.net.vxlan import open_neigh_monitor
 from vnetd.service.component import Component
+from vnetd.watchers.neigh import NeighWatcher
 from vnetd.watchers.netlink import NetlinkWatcher
 
 if TYPE_CHECKING:
@@ -45,4 +47,5 @@ def event_components(rt: Runtime) -> list[Component]:
     rt.ctx.snapshot_parts += (
         watcher.snapshot_provider(lambda: {"epoch": bus.epoch, "sequence": bus.sequence}),)
     rt.observers.append(CommandEvents(bus))
-    return [publisher, watcher, lifecycle]
+    neigh = NeighWatcher(rt.ctx, bus, lambda: open_neigh_monitor(s.netlink.netns or None))
+    return [publisher, watcher, neigh, lifecycle]
