@@ -13,30 +13,37 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vnetd.contract.commands import Command, _not_libvirt_reserved, register_ops
-from vnetd.contract.types import IfName
+from vnetd.contract.base import Command, OpSpec
+from vnetd.contract.types import IfName, not_libvirt_reserved
 
 VlanTag = Annotated[int, Field(ge=0, le=4095)]
 MAX_TRUNKS = 4096
 VlanMode = Literal["access", "trunk", "native-tagged", "native-untagged"]
-_HOLD = Field(default=None, ge=0, le=7 * 86_400,
-              description="keep the bridge from cleanup this long (a VM start, a migration)")
 
 
 class OvsBridgeEnsure(Command):
     """`ovs-vsctl --may-exist add-br NAME` (datapath type from `[ovs] datapath_type`)."""
 
     op: ClassVar[str] = "ovs.bridge.ensure"
+    # An OVS bridge is also a device (its internal port): the `link` lock space.
+    op_spec: ClassVar[OpSpec] = OpSpec(
+        "create an Open vSwitch bridge (or find it) with its internal port",
+        exclusive=("name",), leases=("name",), hold="hold_seconds", subject="name")
     name: IfName
-    hold_seconds: float | None = _HOLD
+    hold_seconds: float | None = Field(
+        default=None, ge=0, le=7 * 86_400,
+        description="keep the bridge from cleanup this long (a VM start, a migration)")
 
-    _reserved = field_validator("name")(_not_libvirt_reserved)
+    _reserved = field_validator("name")(not_libvirt_reserved)
 
 
 class OvsBridgeDelete(Command):
     """`ovs-vsctl --if-exists del-br NAME` (only a bridge vnetd created)."""
 
     op: ClassVar[str] = "ovs.bridge.delete"
+    op_spec: ClassVar[OpSpec] = OpSpec(
+        "delete an Open vSwitch bridge vnetd created, with its ports", exclusive=("name",),
+        subject="name")
     name: IfName
 
 
@@ -44,12 +51,18 @@ class OvsBridgeList(Command):
     """`ovs-vsctl show`, as data."""
 
     op: ClassVar[str] = "ovs.bridge.list"
+    op_spec: ClassVar[OpSpec] = OpSpec("every Open vSwitch bridge with its ports and VLANs",
+                                       read_only=True)
 
 
 class OvsPortAttach(Command):
     """`ovs-vsctl --may-exist add-port BRIDGE NAME tag=T trunks=...`, converging VLANs."""
 
     op: ClassVar[str] = "ovs.port.attach"
+    op_spec: ClassVar[OpSpec] = OpSpec(
+        "add a device to an Open vSwitch bridge, converging its VLAN tag and trunks",
+        exclusive=("name",), shared=("bridge",), leases=("name", "bridge"),
+        hold="hold_seconds", subject="name")
     name: IfName
     bridge: IfName
     tag: VlanTag | None = None
@@ -83,7 +96,12 @@ class OvsPortDetach(Command):
     """`ovs-vsctl --if-exists del-port NAME` (only a port vnetd added)."""
 
     op: ClassVar[str] = "ovs.port.detach"
+    op_spec: ClassVar[OpSpec] = OpSpec(
+        "remove a port vnetd added from its Open vSwitch bridge", exclusive=("name",),
+        subject="name")
     name: IfName
 
 
-register_ops(OvsBridgeEnsure, OvsBridgeDelete, OvsBridgeList, OvsPortAttach, OvsPortDetach)
+OVS_OPS: tuple[type[Command], ...] = (
+    OvsBridgeEnsure, OvsBridgeDelete, OvsBridgeList, OvsPortAttach, OvsPortDetach)
+"""This module's ops, for the op table (commands.build_op_table)."""

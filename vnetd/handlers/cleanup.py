@@ -13,6 +13,9 @@ What is an orphan (each rule switchable in `[cleanup]`, each with its grace):
   with no port besides its own internal one, for longer than
   `bridge_grace_seconds`, that no libvirt network or domain references (its
   idle clock lives in this process only: a restart restarts it).
+- `vxlan.orphan`: an owned VXLAN device attached to no bridge (its bridge is
+  gone, so it carries no guest's traffic), for longer than
+  `bridge_grace_seconds` (switched with the bridge rule).
 Devices vnetd does not own (no `vnetd:` alias) and protected ones are never
 looked at.
 
@@ -22,7 +25,7 @@ created or used it less than `lease_seconds` ago, or holds it with
 reference, or libvirt references being unknown (libvirtd down).
 
 Check and delete are as close as netlink allows: right before deleting, the
-sweep takes the per-name lock jobs take (`link:<name>`), reads the device
+sweep takes the per-name lock jobs take (`link_lock(name)`), reads the device
 again, checks that it is the same device (same index, still ours), still idle,
 and still not leased, then deletes it by index.
 
@@ -52,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from vnetd import metrics
+from vnetd.contract.base import link_lock
 from vnetd.contract.cleanup import CleanupRun
 from vnetd.contract.errors import NotFound, Unavailable, VnetdError
 from vnetd.contract.events import EventSink
@@ -71,6 +75,7 @@ TAP_RULE = "tap.idle"
 BRIDGE_RULE = "bridge.empty"
 NETWORK_RULE = "network.ttl"
 OVS_BRIDGE_RULE = "ovs_bridge.empty"
+VXLAN_RULE = "vxlan.orphan"
 PARALLEL = 256
 """Devices re-checked and removed (or clocks written) at once."""
 _MARKER = re.compile(r"^(vnetd:\S*) idle=(\d+(?:\.\d+)?)/(\d+)$")
@@ -214,6 +219,8 @@ class Sweeper:
             return TAP_RULE
         if link.kind == "bridge" and self.rules.bridges:
             return BRIDGE_RULE
+        if link.kind == "vxlan" and self.rules.bridges:
+            return VXLAN_RULE
         return None
 
     def _grace(self, rule: str) -> float:
@@ -223,6 +230,8 @@ class Sweeper:
     def _in_use(link: Link, rule: str, ports: Counter[int]) -> str | None:
         if rule == TAP_RULE:
             return "held open by a process (carrier on)" if link.carrier else None
+        if rule == VXLAN_RULE:
+            return "attached to a bridge" if link.master else None
         n = ports[link.index]
         return f"has {n} port(s)" if n else None
 
@@ -250,7 +259,7 @@ class Sweeper:
             report.checked += 1
             if self._in_use(link, rule, ports):
                 report.in_use += 1
-                if rule == BRIDGE_RULE and parse_marker(link.alias) is not None:
+                if rule != TAP_RULE and parse_marker(link.alias) is not None:
                     clears.append(link)
                 continue
             since, stored = self._idle_since(link, rule, now)
@@ -311,7 +320,7 @@ class Sweeper:
     async def _remove(self, cand: _Candidate, refs: dict[str, str] | None,
                       refs_problem: str | None, report: Report) -> None:
         link, entry = cand.link, cand.entry
-        async with self.locks.hold((f"link:{link.name}",)):
+        async with self.locks.hold((link_lock(link.name),)):
             reason = await self._recheck(cand, refs, refs_problem)
             if reason is None:
                 try:
@@ -347,6 +356,9 @@ class Sweeper:
         if cand.rule == TAP_RULE:
             if now_.carrier or now_.carrier_changes != link.carrier_changes:
                 return "in use at the re-check (a process opened it)"
+        elif cand.rule == VXLAN_RULE:
+            if now_.master is not None:
+                return "attached to a bridge at the re-check"
         else:
             ports = [p.name for p in await self.net.list_links() if p.master == link.index]
             if ports:
@@ -359,7 +371,7 @@ class Sweeper:
 
     async def _write_clock(self, link: Link, alias: str) -> None:
         """Store (or clear) the idle clock in the device's own alias, if it is still it."""
-        async with self.locks.hold((f"link:{link.name}",)):
+        async with self.locks.hold((link_lock(link.name),)):
             try:
                 now_ = await self.net.get_link(link.name)
                 if now_ is None or now_.index != link.index or not now_.owned:
@@ -484,14 +496,9 @@ class Sweeper:
         log.info("cleanup_removed", kind="ovs_bridge", bridge=br.name, rule=OVS_BRIDGE_RULE)
 
 
-SWEEPER_KEY = "cleanup"
-"""Where the daemon puts its Sweeper in Context.extras, for the cleanup.run handler."""
-
-
 async def run(cmd: CleanupRun, ctx: Context) -> dict[str, Any]:
     """cleanup.run: one sweep now (dry_run: only say what would be removed)."""
-    sweeper = ctx.extras.get(SWEEPER_KEY)
-    if not isinstance(sweeper, Sweeper):
+    if ctx.cleanup is None:
         raise Unavailable("cleanup is not set up in this daemon")
-    return await sweeper.sweep(cmd.dry_run)
+    return await ctx.cleanup.sweep(cmd.dry_run)
 

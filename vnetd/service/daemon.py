@@ -26,6 +26,7 @@ from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
 from vnetd.ovs.backend import OvsOptions
 from vnetd.ovs.idl import IdlBackend
+from vnetd.service import failpoints
 from vnetd.service.cleanup import CleanupComponent
 from vnetd.service.component import Component
 from vnetd.service.events import event_components
@@ -85,19 +86,24 @@ def build_components(rt: Runtime) -> list[Component]:
     components: list[Component] = [watchdog, metrics, *event_components(rt),
                                    *_libvirt_components(rt), *_ovs_components(rt)]
     if rt.dispatcher is not None:
-        components.append(CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
-                                           libvirt_enabled=s.libvirt.enabled))
+        cleanup = CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
+                                   libvirt_enabled=s.libvirt.enabled)
+        rt.ctx.cleanup = cleanup.sweeper  # for cleanup.run
+        components.append(cleanup)
     return components
 
 
 def _libvirt_components(rt: Runtime) -> list[Component]:
-    """The libvirt watcher (it also gives handlers ctx.virt) when `[libvirt] enabled`."""
+    """The libvirt watcher, and handlers' ctx.virt and snapshot part, when `[libvirt] enabled`."""
     lv = rt.settings.libvirt
     if not lv.enabled:
         return []
     backend = LibvirtBackend(lv.uri, adopt_unowned=lv.adopt_unowned)
-    return [LibvirtWatcher(backend, rt.ctx, rt.states,
-                           reconnect_max_seconds=lv.reconnect_max_seconds)]
+    watcher = LibvirtWatcher(backend, rt.ctx, rt.states,
+                             reconnect_max_seconds=lv.reconnect_max_seconds)
+    rt.ctx.virt = backend
+    rt.ctx.snapshot_parts += (watcher.snapshot,)
+    return [watcher]
 
 
 def _ovs_components(rt: Runtime) -> list[Component]:
@@ -107,9 +113,9 @@ def _ovs_components(rt: Runtime) -> list[Component]:
         return []
     backend = IdlBackend(o.db, apply_timeout=o.apply_timeout_seconds,
                          probe_interval=o.probe_interval_seconds)
-    return [OvsWatcher(backend, rt.ctx, rt.states,
-                       OvsOptions(datapath_type=o.datapath_type,
-                                  foreign_bridges=o.foreign_bridges))]
+    options = OvsOptions(datapath_type=o.datapath_type, foreign_bridges=o.foreign_bridges)
+    rt.ctx.ovs, rt.ctx.ovs_options = backend, options
+    return [OvsWatcher(backend, rt.ctx, rt.states, options)]
 
 
 def _quarantine(s: Settings) -> Quarantine:
@@ -158,6 +164,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
+        failpoints.install_task_crash(loop, self.tasks.crash)
         s = self.settings
         self.notifier.status("starting: opening netlink")
         net = NetlinkBackend(s.netlink.netns or None)
