@@ -7,6 +7,7 @@ from typing import Any
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
 from vnetd.contract.errors import Unsupported
 from vnetd.handlers.context import Context
+from vnetd.handlers.overlay_views import add_bridge_vxlans
 from vnetd.handlers.policy import require_kind
 from vnetd.handlers.views import bridge_table, view_of
 from vnetd.net.model import OWNER_ALIAS, BridgeOptions, Link, LinkChange
@@ -87,7 +88,10 @@ async def delete(cmd: BridgeDelete, ctx: Context) -> dict[str, Any]:
 
 
 async def list_(cmd: BridgeList, ctx: Context) -> dict[str, Any]:
-    return {"bridges": bridge_table(await ctx.net.list_links())}
+    links = await ctx.net.list_links()
+    bridges = bridge_table(links)
+    await add_bridge_vxlans(ctx.net, bridges, links)
+    return {"bridges": bridges}
 
 
 
