@@ -147,3 +147,15 @@ async def test_concurrent_tap_creation_leaks_no_descriptors(netns: str) -> None:
     assert len(os.listdir("/proc/self/fd")) <= before
     names = set(netns_mod.links(netns))
     assert {f"c{i}" for i in range(300)} <= names
+
+
+async def test_concurrent_dumps_take_turns(netns: str) -> None:
+    # The kernel refuses a second dump on a socket while one runs (EBUSY); callers
+    # such as a cleanup pass re-checking several bridges at once must not see that.
+    _ip(netns, "link", "add", "fdbr", "type", "bridge")
+    net = NetlinkBackend(netns)
+    try:
+        dumps = await asyncio.gather(*(net.list_links() for _ in range(8)))
+        assert [sorted(link.name for link in d) for d in dumps] == [["fdbr", "lo"]] * 8
+    finally:
+        await net.close()
