@@ -79,7 +79,8 @@ _ids = itertools.count(1)
 # README step 1 without PyPI (see the module docstring). `.` is the checkout.
 OFFLINE_STEP_1 = """\
 python3 -m venv --without-pip /opt/vnetd
-echo {deps} >"$(/opt/vnetd/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/vnetd-test-deps.pth"
+site="$(/opt/vnetd/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+echo {deps} >"$site/vnetd-test-deps.pth"
 /opt/vnetd/bin/python -m pip install --quiet --no-deps --no-build-isolation --no-index .
 """
 
@@ -217,6 +218,10 @@ def test_start_reaches_active_with_the_ready_status_line(deployed: Deployment) -
         assert box.run("systemctl", "is-enabled", UNIT, TIMER).stdout.split() == \
             ["enabled", "enabled"], d.install_log
         assert vnetd_state(d)["ActiveState"] == "active", d.install_log
+        # systemd read every line of the shipped units (it logs what it ignores).
+        complaints = re.findall(r".*/etc/systemd/system/vnetd[\w.-]*:\d+:.*",
+                                box.journal(lines=2000))
+        assert not complaints, complaints
 
         box.systemctl("stop", UNIT)
         assert vnetd_state(d)["ActiveState"] == "inactive"
