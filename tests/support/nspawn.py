@@ -65,6 +65,10 @@ class ContainerError(RuntimeError):
     pass
 
 
+def _ns_inode(pid: int | str, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
 class Container:
     """One booted container; see the module docstring. Use as a context manager."""
 
@@ -95,6 +99,12 @@ class Container:
                 start_new_session=True)
         try:
             self.leader = self._wait(self._find_leader, timeout, "the container's PID 1")
+            # Commands run through nsenter write into the container's tree (the
+            # overlay): refuse if this PID does not live in namespaces of its own.
+            if _ns_inode(self.leader, "mnt") == _ns_inode("self", "mnt"):
+                raise ContainerError(f"PID {self.leader} shares our mount namespace")
+            if _ns_inode(self.leader, "net") != os.stat(f"/run/netns/{self.netns}").st_ino:
+                raise ContainerError(f"PID {self.leader} is not in namespace {self.netns}")
             # `is-system-running --wait` returns once the boot is over (running or
             # degraded); before PID 1 listens it fails at once: retry.
             self._wait(self._boot_finished, timeout, "the end of the container's boot")
