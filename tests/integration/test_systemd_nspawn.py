@@ -167,7 +167,11 @@ def deployed(lab: Lab) -> Iterator[Deployment]:
             box.run("sh", "-c", f"cat >{repo}/config/vnetd.toml",
                     input=container_config(host_id, f"amqp://guest:guest@{outside}:{port}/"))
             t0 = time.monotonic()
-            log = box.sh(install_script(), cwd=repo, timeout=180)
+            try:
+                log = box.sh(install_script(), cwd=repo, timeout=180)
+            except BaseException as exc:
+                exc.add_note("---- container journal (tail) ----\n" + box.journal(lines=80))
+                raise
             install_seconds = time.monotonic() - t0
             assert _sha256(REPO_ROOT / "config" / "vnetd.toml") == host_config_hash, \
                 "the container wrote to the host's checkout"
