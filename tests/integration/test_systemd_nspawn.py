@@ -48,6 +48,7 @@ import hashlib
 import itertools
 import re
 import subprocess
+import sys
 import sysconfig
 import time
 import tomllib
@@ -80,6 +81,7 @@ _ids = itertools.count(1)
 
 # README step 1 without PyPI (see the module docstring). `.` is the checkout.
 OFFLINE_STEP_1 = """\
+python3 -c 'import sys; assert sys.version_info[:2] == {version}, "not the .venv Python"'
 python3 -m venv --without-pip /opt/vnetd
 site="$(/opt/vnetd/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 echo {deps} >"$site/vnetd-test-deps.pth"
@@ -110,7 +112,7 @@ def install_script() -> str:
     assert len(step1) == 1 and "pip install" in lines[step1[0]], (
         "README step 1 changed: update OFFLINE_STEP_1 in this test", lines)
     deps = sysconfig.get_path("purelib")  # the checkout's .venv, which runs this test
-    lines[step1[0]] = OFFLINE_STEP_1.format(deps=deps)
+    lines[step1[0]] = OFFLINE_STEP_1.format(deps=deps, version=tuple(sys.version_info[:2]))
     assert any("systemctl enable --now vnetd.service" in line for line in lines), lines
     return "\n".join(lines) + "\n"
 
