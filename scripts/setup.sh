@@ -30,6 +30,7 @@ APT_TEST_PACKAGES=(
     busybox iputils-ping            # namespace guests: udhcpc, ping
     openvswitch-switch              # OVS tests: ovsdb-server + ovs-vswitchd (userspace datapath)
     qemu-system-x86 kmod xz-utils zstd   # real guests: QEMU (TCG); depmod/modprobe/unxz for scripts/guest-image.sh
+    systemd-container               # test_systemd_nspawn.py: systemd-nspawn boots the units under a real systemd
 )
 if [[ ${1:-} == --test ]]; then
     APT_PACKAGES+=("${APT_TEST_PACKAGES[@]}")
