@@ -20,6 +20,7 @@ from vnetd.amqp.quarantine import FlightRecorder, Quarantine
 from vnetd.config import Settings
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher
+from vnetd.handlers.host import DETAILS_KEY, ComponentStates
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
@@ -104,7 +105,8 @@ class Daemon:
         self.broker = BrokerLink(
             settings.amqp.url.get_secret_value(), f"vnetd@{settings.host_id}",
             settings.amqp.reconnect_interval_seconds)
-        self.states: dict[str, str] = {"libvirt": "disabled"}
+        # ComponentStates: also since when, and the last error, for host.health's reasons.
+        self.states: dict[str, str] = ComponentStates({"libvirt": "disabled"})
         self.consumer: JobConsumer | None = None
         self.components: list[Component] = []
         self.started: list[Component] = []
@@ -117,6 +119,10 @@ class Daemon:
 
     def component_states(self) -> dict[str, str]:
         return {**self.states, "broker": self.broker.state}
+
+    def component_details(self) -> dict[str, dict[str, object]]:
+        states = self.states
+        return states.details() if isinstance(states, ComponentStates) else {}
 
     async def _policy(self, net: NetlinkBackend) -> Policy:
         p = self.settings.policy
@@ -135,6 +141,7 @@ class Daemon:
         try:
             ctx = Context(host_id=s.host_id, net=net, policy=await self._policy(net),
                           version=__version__, components=self.component_states)
+            ctx.extras[DETAILS_KEY] = self.component_details
             self.notifier.status("starting: connecting to the broker")
             connection = await self.broker.connect()
             rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,
