@@ -55,11 +55,11 @@ def health(result: dict[str, Any]) -> str:
     rows = []
     for name in sorted(comps):
         d = details.get(name) or {}
-        why = d.get("last_error") or ""
-        since = d.get("since") or ""
-        rows.append([name, str(comps[name]), since, why])
-    if rows:
+        rows.append([name, str(comps[name]), d.get("since") or "", d.get("last_error") or ""])
+    if rows and details:
         lines += ["", table(rows, ["component", "state", "since", "last error"])]
+    elif rows:  # healthy: no details to show
+        lines += ["", table([row[:2] for row in rows], ["component", "state"])]
     kernel = result.get("kernel") or {}
     if kernel:
         lines += ["", "kernel: " + " ".join(f"{k}={_yes(v) if isinstance(v, bool) else v}"
