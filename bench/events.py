@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from bench.lab import run
 from bench.ways import cpu_seconds
 from tests.support.daemon import DaemonProcess
-from vnetd.net import fastlink
+from vnetd.net import fastlink, rtnl
 from vnetd.net.model import LinkChange
 from vnetd.net.netns import NamespaceWorker
 
@@ -50,10 +50,10 @@ def _changer(sock: socket.socket, indexes: list[tuple[str, int]], rate: float | 
         name, index = indexes[count % len(indexes)]
         if count % len(indexes) == 0:
             mtu = mtu + 1 if mtu < MTU_HIGH else MTU_LOW
-        body = fastlink.change_body(index, LinkChange(mtu=mtu))
+        body = rtnl.change_body(index, LinkChange(mtu=mtu))
         seq += 1
-        header = struct.pack("=IHHII", 16 + len(body), fastlink.RTM_NEWLINK,
-                             fastlink.NLM_F_REQUEST | fastlink.NLM_F_ACK, seq, 0)
+        header = struct.pack("=IHHII", 16 + len(body), rtnl.RTM_NEWLINK,
+                             rtnl.NLM_F_REQUEST | rtnl.NLM_F_ACK, seq, 0)
         sent[(name, mtu)] = time.monotonic()
         sock.send(header + body)
         sock.recv(65536)  # the ack

@@ -85,7 +85,8 @@ class VnetClient:
 
     async def _publish(self, routing_key: str, op: str, args: dict[str, Any] | None,
                        correlation_id: str, message_id: str | None) -> None:
-        assert self._exchange is not None and self._queue is not None, "call connect() first"
+        if self._exchange is None or self._queue is None:
+            raise RuntimeError("VnetClient: call connect() first")
         await self._exchange.publish(
             aio_pika.Message(
                 orjson.dumps({"op": op, "args": args or {}}),

@@ -11,9 +11,10 @@ import pytest
 from pyroute2 import AsyncIPRoute
 
 from tests.support import netns as netns_mod
+from tests.support.pyroute2_ref import link_from_pyroute2
 from vnetd.contract.errors import Conflict, NotFound
 from vnetd.net.model import OWNER_ALIAS, BridgeOptions, LinkChange, TapSpec
-from vnetd.net.netlink import NetlinkBackend, parse_link
+from vnetd.net.netlink import NetlinkBackend
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ async def _pyroute2_links(ns: str) -> dict[str, object]:
     ipr = AsyncIPRoute(netns=ns)
     try:
         return {link.name: link for link in
-                [parse_link(m) async for m in await ipr.link("dump")]}
+                [link_from_pyroute2(m) async for m in await ipr.link("dump")]}
     finally:
         ipr.close()
 

@@ -6,6 +6,7 @@ directories under the lab dir (in a mount namespace of its own, so the host neve
 them), the socket lives in ``<dir>/sock/libvirt-sock``, and it runs inside a ``vt-<suffix>-N``
 network namespace, so bridges, nftables rules and dnsmasq appear only there. Clients use
 ``qemu:///system?socket=<dir>/sock/libvirt-sock``; the machine's default socket is never used.
+Its qemu.conf is set up for real guests (``<domain type='qemu'>``, see tests/support/guest.py).
 
 /run/libvirt is a bind mount (not a tmpfs) so that network status survives a libvirtd
 restart (``restart()``), as it does on a real host.
@@ -82,8 +83,24 @@ class PrivateLibvirtd:
         if nets.exists():
             shutil.rmtree(nets)  # no default network, no autostart links
         (nets / "autostart").mkdir(parents=True)
+        for dom in (etc / "qemu").glob("*.xml"):  # nor the machine's domains
+            dom.unlink()
+        shutil.rmtree(etc / "qemu" / "autostart", ignore_errors=True)
         for sub in ("network", "qemu", "dnsmasq"):
             (self.root / "lib" / sub).mkdir(parents=True, exist_ok=True)
+        qemu_conf = etc / "qemu.conf"
+        qemu_text = qemu_conf.read_text() if qemu_conf.exists() else ""
+        # Guests (tests/support/guest.py) under this libvirtd: no virtlogd here, so QEMU's
+        # stdio goes to a file; no AppArmor/DAC relabelling and no cgroups (no systemd
+        # here); QEMU runs as root so it can open TAPs vnetd made and read the image.
+        qemu_conf.write_text(
+            qemu_text
+            + '\nstdio_handler = "file"\n'
+            + 'security_driver = "none"\n'
+            + "cgroup_controllers = [ ]\n"
+            + 'user = "root"\n'
+            + 'group = "root"\n'
+        )
         conf = etc / "libvirtd.conf"
         text = conf.read_text() if conf.exists() else ""
         conf.write_text(

@@ -12,14 +12,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vnetd.contract.errors import Conflict, InvalidArgument, NotFound
 from vnetd.net.backend import NetBackend
 from vnetd.net.model import BridgeOptions, BridgeSettings, Link, LinkChange, TapSpec, TunSettings
+from vnetd.net.overlay import OverlayBackend
+
+if TYPE_CHECKING:
+    from tests.unit.fake_overlay import FakeOverlay
 
 MUTATING = frozenset(
-    {"add_bridge", "add_tap", "set_tap_owner", "set_link", "delete_link", "disable_ipv6"}
+    {"add_bridge", "add_tap", "set_tap_owner", "set_link", "delete_link", "disable_ipv6",
+     "add_vxlan", "apply"}
 )
 Caller = Callable[..., Awaitable[dict[str, Any]]]
 """The `call` fixture: `await call("bridge.ensure", name="br0")` validates and dispatches."""
@@ -85,6 +90,7 @@ class FakeNet:
     )
     closed: bool = False
     _next_index: int = 1
+    overlay_backend: FakeOverlay | None = None
 
     # -- test set-up (not logged) -------------------------------------------------
 
@@ -294,6 +300,8 @@ class FakeNet:
         for link in self.links.values():
             if link.master == index:
                 link.master = None
+        if self.overlay_backend is not None:
+            self.overlay_backend.forget(index)
 
     async def disable_ipv6(self, name: str) -> None:
         await self._io(Call("disable_ipv6", (name,)))
@@ -306,6 +314,12 @@ class FakeNet:
     async def features(self) -> dict[str, bool | str]:
         await self._io(Call("features", ()))
         return dict(self.kernel_features)
+
+    def overlay(self) -> OverlayBackend:
+        if self.overlay_backend is None:
+            from tests.unit.fake_overlay import FakeOverlay
+            self.overlay_backend = FakeOverlay(self)
+        return self.overlay_backend
 
     async def close(self) -> None:
         await self._io(Call("close", ()))

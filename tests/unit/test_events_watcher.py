@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.wait import until
 from vnetd.net.model import Link
 from vnetd.net.monitor import Address, AddressEvent, Control, LinkEvent, Message, Overrun
 from vnetd.watchers.netlink import NetlinkWatcher
@@ -74,8 +75,7 @@ def addr(index: int, ip: str = "10.0.0.1") -> Address:
 async def started(mon: FakeMonitor, sink: Sink, initial: list[Message]) -> NetlinkWatcher:
     w = NetlinkWatcher(mon, sink, loop_reader=False)
     start = asyncio.create_task(w.start())
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await until(lambda: mon.dumps, "the first dump request")
     finish_dump(w, mon, initial)
     await asyncio.wait_for(start, 1)
     return w
@@ -154,8 +154,7 @@ async def test_overrun_reopens_dumps_and_publishes_the_difference() -> None:
     w.on_readable()
     assert w.overruns == 1
     assert w.state == "resyncing"
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await until(lambda: len(mon.dumps) == 3, "the resync's dump request")
     assert mon.opens == 2
     # During the dump: a notification for a link deleted before it was dumped,
     # one created in the dumped range, and the dump itself.
@@ -180,8 +179,7 @@ async def test_interrupted_dump_is_taken_again() -> None:
     mon, sink = FakeMonitor(), Sink()
     w = await started(mon, sink, [])
     w.request_resync("test")
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await until(lambda: len(mon.dumps) == 3, "the resync's dump request")
     seq = mon.dumps[-1][1]
     w.feed([new(link(2, "a")), Control("done", seq, interrupted=True)])
     assert mon.dumps[-1] == ("link", seq + 1)
@@ -193,12 +191,10 @@ async def test_overrun_during_start_still_starts_without_events() -> None:
     mon, sink = FakeMonitor(), Sink()
     w = NetlinkWatcher(mon, sink, loop_reader=False)
     start = asyncio.create_task(w.start())
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await until(lambda: mon.dumps, "the first dump request")
     mon.overrun = True
     w.on_readable()
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await until(lambda: mon.opens == 2 and len(mon.dumps) == 2, "the dump after the overrun")
     finish_dump(w, mon, [new(link(2, "a"))])
     await asyncio.wait_for(start, 1)
     assert sink.events == []
@@ -212,7 +208,7 @@ async def test_snapshot_provider_dumps_then_reads_view_and_position_together() -
     w._fd = 1  # as if the loop were reading it
     provide = w.snapshot_provider(lambda: {"epoch": "e", "sequence": len(sink.events)})
     task = asyncio.create_task(provide())
-    await asyncio.sleep(0)
+    await until(lambda: len(mon.dumps) == 3, "the snapshot's dump request")
     # a notification queued before the dump, then the dump: t1's carrier changed
     # without any notification (the kernel does that for a TAP that is down)
     finish_dump(w, mon, [new(link(4, "tap0", master=3)), new(link(1, "lo", kind="loopback")),
@@ -232,8 +228,7 @@ async def test_requested_resync_with_no_difference_still_reports(reason: str) ->
     w = await started(mon, sink, [new(link(2, "a"))])
     w.request_resync(reason)
     w.request_resync(reason)  # a second request while one is under way: covered by it
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await until(lambda: len(mon.dumps) == 3, "the resync's dump request")
     assert mon.opens == 2
     finish_dump(w, mon, [new(link(2, "a"))])
     assert sink.events == [("host.resync", None, sink.events[0][2])]

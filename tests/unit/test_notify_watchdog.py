@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
+from tests.support.wait import until
 from vnetd.service.notify import Notifier, watchdog_usec
 from vnetd.service.watchdog import Watchdog
 
@@ -51,30 +51,30 @@ async def test_pings_only_while_healthy() -> None:
     wd = Watchdog(n, lambda: dict(states), lambda: alive[0])
     await wd.start()
     try:
-        await asyncio.sleep(0.5)
-        healthy = sent.count("WATCHDOG=1")
-        assert healthy >= 3
+        await until(lambda: sent.count("WATCHDOG=1") >= 3, "three pings while healthy",
+                    poll=0.02)
         # A dependency down is degraded, not dead: pings go on, STATUS says why.
         states["broker"] = "reconnecting"
         alive[0] = False  # the consumer's channel is closed while the broker is away
-        await asyncio.sleep(0.25)
-        assert any(s.startswith("STATUS=degraded: broker unreachable") for s in sent)
+        await until(lambda: any(s.startswith("STATUS=degraded: broker unreachable")
+                                for s in sent), "the degraded STATUS line", poll=0.02)
         sent.clear()
-        await asyncio.sleep(0.4)
-        assert "WATCHDOG=1" in sent
+        await until(lambda: "WATCHDOG=1" in sent, "a ping while degraded", poll=0.02)
         assert wd.health().ok
         assert wd.degraded() == ("broker unreachable (reconnecting)",)
-        sent.clear()
         # Connected again, but the consumer did not come back: that is dead.
         states["broker"] = "connected"
         alive[0] = False
-        await asyncio.sleep(0.4)
+        await until(lambda: any(s.startswith("STATUS=degraded: job consumer stopped")
+                                for s in sent), "the STATUS line naming the consumer",
+                    poll=0.02)
+        sent.clear()
+        skipped = wd.skipped
+        await until(lambda: wd.skipped >= skipped + 2, "two skipped pings", poll=0.02)
         assert "WATCHDOG=1" not in sent
-        assert any(s.startswith("STATUS=degraded: job consumer stopped") for s in sent)
         alive[0] = True
-        await asyncio.sleep(0.4)
-        assert "WATCHDOG=1" in sent
-        assert sent[-1] == "WATCHDOG=1" or "STATUS=ready" in sent
+        await until(lambda: "WATCHDOG=1" in sent, "the pings to resume", poll=0.02)
+        await until(lambda: "STATUS=ready" in sent, "the ready STATUS line again", poll=0.02)
     finally:
         await wd.stop()
 
@@ -85,13 +85,12 @@ async def test_a_lagging_loop_skips_the_ping() -> None:
     wd = Watchdog(n, dict, lambda: True)
     await wd.start()
     try:
-        await asyncio.sleep(0.3)
+        await until(lambda: "WATCHDOG=1" in sent, "a first ping", poll=0.02)
         sent.clear()
+        pings = wd.pings
         time.sleep(0.5)  # block the loop
-        await asyncio.sleep(0.05)
-        assert "WATCHDOG=1" not in sent
-        assert wd.skipped >= 1 or wd.worst_lag > wd.max_lag
-        await asyncio.sleep(0.5)
-        assert "WATCHDOG=1" in sent
+        await until(lambda: wd.skipped >= 1, "the ping after the lag to be skipped", poll=0.01)
+        assert wd.pings == pings and "WATCHDOG=1" not in sent
+        await until(lambda: "WATCHDOG=1" in sent, "the pings to resume", poll=0.02)
     finally:
         await wd.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from vnetd.amqp.outcome import Action, failure, success
+from vnetd.amqp.outcome import Action, Delivery, failure, success
 from vnetd.contract.errors import (
     Conflict,
     Forbidden,
@@ -33,7 +33,7 @@ def test_success_is_acked_with_the_result() -> None:
     Conflict("taken"),
     Forbidden("not ours"),
     Unsupported("no"),
-    Unavailable("libvirt down"),  # temporary: answered so the caller retries, not requeued
+    Unavailable("libvirt down"),  # temporary, with reply_to: answered so the caller retries
 ])
 def test_answered_errors_are_acked(error: VnetdError) -> None:
     outcome = failure(error)
@@ -63,3 +63,38 @@ def test_details_that_json_cannot_hold_are_stringified() -> None:
     outcome = failure(Conflict("odd", where=frozenset({"x"})))
     body = orjson.loads(outcome.reply)
     assert body["error"]["details"]["where"] == str(frozenset({"x"}))
+
+
+def test_a_result_json_cannot_hold_is_internal_and_dead_lettered() -> None:
+    outcome = success({"name": "br0", "handle": object()})
+    assert outcome.action is Action.DEAD_LETTER
+    assert outcome.error_code == "internal"
+    assert "cannot be serialised" in orjson.loads(outcome.reply)["error"]["message"]
+
+
+def test_details_that_even_str_cannot_save_keep_the_message() -> None:
+    outcome = failure(Conflict("odd", where={1: "non-string key"}))
+    assert orjson.loads(outcome.reply)["error"] == {"code": "conflict", "message": "odd",
+                                                   "details": {}}
+
+
+@pytest.mark.parametrize(("delivery", "action"), [
+    (Delivery(reply_to=True, attempt=1, attempts=5), Action.ACK),  # answered: caller retries
+    (Delivery(reply_to=False, attempt=1, attempts=5), Action.RETRY),
+    (Delivery(reply_to=False, attempt=4, attempts=5), Action.RETRY),
+    (Delivery(reply_to=False, attempt=5, attempts=5), Action.GIVE_UP),
+    (Delivery(reply_to=False, attempt=9, attempts=5), Action.GIVE_UP),
+    (Delivery(reply_to=False, attempt=1, attempts=1), Action.GIVE_UP),
+])
+def test_unavailable_is_retried_only_when_nobody_would_be_told(delivery: Delivery,
+                                                               action: Action) -> None:
+    outcome = failure(Unavailable("libvirtd is unreachable"), delivery=delivery)
+    assert outcome.action is action
+    if action is not Action.ACK:
+        assert outcome.reason is not None and "libvirtd is unreachable" in outcome.reason
+
+
+@pytest.mark.parametrize("error", [Conflict("taken"), Internal("bug"), NotFound("no")])
+def test_only_temporary_failures_are_retried(error: VnetdError) -> None:
+    outcome = failure(error, delivery=Delivery(reply_to=False, attempt=1, attempts=5))
+    assert outcome.action in (Action.ACK, Action.DEAD_LETTER)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from tests.support.wait import until
 from vnetd.amqp.quarantine import FlightRecorder, Quarantine, job_key
 
 
@@ -85,19 +86,24 @@ async def test_new_jobs_wait_while_a_suspect_runs(tmp_path: Path) -> None:
     crash_with(tmp_path, "sus")
     q = Quarantine(FlightRecorder(tmp_path), threshold=2)
     order: list[str] = []
+    suspect_running, late_arrived = asyncio.Event(), asyncio.Event()
 
     async def suspect() -> None:
         async with q.running("sus"):
             order.append("sus-start")
-            await asyncio.sleep(0.1)
+            suspect_running.set()
+            await late_arrived.wait()
+            for _ in range(20):  # loop turns enough for the late job to run, were it let in
+                await asyncio.sleep(0)
             order.append("sus-end")
 
     async def late() -> None:
-        await asyncio.sleep(0.08)  # arrives while the suspect runs
+        await suspect_running.wait()  # arrives while the suspect runs
+        late_arrived.set()
         async with q.running("late"):
             order.append("late")
 
-    await asyncio.gather(suspect(), late())
+    await asyncio.wait_for(asyncio.gather(suspect(), late()), 5)
     assert order == ["sus-start", "sus-end", "late"]
 
 
@@ -113,7 +119,7 @@ async def test_a_cancelled_delivery_lets_its_job_finish() -> None:
         return {}
 
     delivery = asyncio.ensure_future(run_to_end(job()))
-    await asyncio.sleep(0.01)
+    await until(lambda: steps == ["created"], "the job to be half-way")
     delivery.cancel()  # the channel closed under it
     try:
         await delivery
@@ -122,3 +128,57 @@ async def test_a_cancelled_delivery_lets_its_job_finish() -> None:
     else:
         raise AssertionError("the cancellation was swallowed")
     assert steps == ["created", "marked"]
+
+
+def test_the_flight_log_stays_bounded_on_a_long_run(tmp_path: Path) -> None:
+    rec = FlightRecorder(tmp_path, max_bytes=4096)
+    rec.open()
+    rec.started("m:long-runner")  # in flight all along
+    biggest = 0
+    for i in range(20_000):
+        key = f"m:{i:0200d}"  # the longest key a message_id makes
+        rec.started(key)
+        rec.ended(key)
+        biggest = max(biggest, (tmp_path / "inflight.log").stat().st_size)
+    assert biggest <= 4096 + 2 * 210, biggest
+    assert rec.compactions > 100
+    assert rec.size == (tmp_path / "inflight.log").stat().st_size
+
+
+def test_a_crash_after_compactions_still_finds_the_jobs_in_flight(tmp_path: Path) -> None:
+    rec = FlightRecorder(tmp_path, max_bytes=1024)
+    rec.open()
+    rec.started("m:a")
+    rec.started("m:dup")
+    rec.started("m:dup")  # a redelivery of the same job beside the first
+    for i in range(500):
+        rec.started(f"m:{i}")
+        rec.ended(f"m:{i}")
+    rec.ended("m:dup")
+    assert rec.compactions > 0
+    # died here: m:a and one m:dup in flight
+    q = Quarantine(FlightRecorder(tmp_path, max_bytes=1024), threshold=2)
+    assert set(q.suspects) == {"m:a", "m:dup"}
+    assert not (tmp_path / "inflight.new").exists()
+
+
+def test_many_jobs_in_flight_do_not_compact_at_every_line(tmp_path: Path) -> None:
+    rec = FlightRecorder(tmp_path, max_bytes=1024)
+    rec.open()
+    for i in range(200):  # ~2.4 KB of S lines in flight, over max_bytes by themselves
+        rec.started(f"m:held{i:08d}")
+    for i in range(300):
+        rec.started(f"m:{i}")
+        rec.ended(f"m:{i}")
+    assert rec.compactions < 10
+    assert set(Quarantine(FlightRecorder(tmp_path), threshold=2).suspects) == {
+        f"m:held{i:08d}" for i in range(200)}
+
+
+def test_suspects_are_bounded(tmp_path: Path) -> None:
+    from vnetd.amqp import quarantine
+
+    crash_with(tmp_path, *(f"m:{i}" for i in range(quarantine.MAX_SUSPECTS + 50)))
+    q = Quarantine(FlightRecorder(tmp_path), threshold=2)
+    assert len(q.suspects) == quarantine.MAX_SUSPECTS
+    assert "m:0" not in q.suspects and f"m:{quarantine.MAX_SUSPECTS + 49}" in q.suspects

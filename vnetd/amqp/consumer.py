@@ -13,10 +13,11 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
 
-from vnetd.amqp import failpoints
+from vnetd.amqp import failpoints, retry
 from vnetd.amqp.dedupe import ReplyCache
-from vnetd.amqp.outcome import Action, Outcome, failure, success
+from vnetd.amqp.outcome import Action, Delivery, Outcome, failure, success
 from vnetd.amqp.quarantine import Quarantine, job_key
+from vnetd.amqp.retry import RetryPolicy, delivery_of
 from vnetd.contract.commands import OPS, Command, parse_request
 from vnetd.contract.errors import Internal, InvalidArgument, VnetdError
 
@@ -52,7 +53,8 @@ class JobConsumer:
     def __init__(self, channel: AbstractChannel, queue: AbstractQueue, execute: Execute,
                  cache: ReplyCache, host_id: str,
                  observers: list[JobObserver] | None = None,
-                 quarantine: Quarantine | None = None) -> None:
+                 quarantine: Quarantine | None = None,
+                 retry_policy: RetryPolicy | None = None) -> None:
         self.channel = channel
         self.queue = queue
         self.execute = execute
@@ -60,6 +62,7 @@ class JobConsumer:
         self.host_id = host_id
         self.observers = observers or []
         self.quarantine = quarantine or Quarantine(None, 0)
+        self.retry = retry_policy
         self._tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self.stopping = False
@@ -114,7 +117,9 @@ class JobConsumer:
             self._observe(message, "duplicate", None, None, started, duplicate=True)
             return
 
-        op, cmd, outcome = "?", None, None
+        op: str = "?"
+        cmd: Command | None = None
+        outcome: Outcome | None = None
         key = job_key(message_id, message.body, message.correlation_id, message.reply_to)
         if self.quarantine.is_poison(key):
             outcome = failure(Internal(
@@ -130,44 +135,55 @@ class JobConsumer:
             return
         if message_id:
             self.cache.start(message_id)
+        delivery = delivery_of(message, self.retry)
         try:
             async with self.quarantine.running(key):
-                cmd, outcome = self._decode(message)
-                if cmd is None:
-                    op = _op_label(message.body)
+                decoded = self._decode(message)
+                if isinstance(decoded, Outcome):
+                    op, outcome = _op_label(message.body), decoded
                 else:
-                    op = cmd.op
-                    try:
-                        outcome = success(await run_to_end(self.execute(cmd)))
-                    except VnetdError as exc:
-                        outcome = failure(exc)
-                assert outcome is not None
+                    cmd, op = decoded, decoded.op
+                    outcome = await self._run(cmd, delivery)
                 failpoints.hit("after_effect", op)
-                await self._reply(message, outcome.reply)
+                if outcome.action is not Action.RETRY:  # a retried job is answered once, later
+                    await self._reply(message, outcome.reply)
                 failpoints.hit("before_ack", op)
                 await self._settle(message, outcome)
         finally:
             if message_id:
-                self.cache.finish(message_id, outcome.reply if outcome else None)
-        self._observe(message, op, cmd, outcome, started)
+                final = outcome is not None and outcome.action is not Action.RETRY
+                self.cache.finish(message_id, outcome.reply if final and outcome else None)
+        self._observe(message, op, cmd, outcome, started, attempt=delivery.attempt)
 
-    def _decode(self, message: AbstractIncomingMessage) -> tuple[Command | None, Outcome | None]:
+    async def _run(self, cmd: Command, delivery: Delivery) -> Outcome:
+        """The job's outcome; never raises (but for a cancellation)."""
+        try:
+            return success(await run_to_end(self.execute(cmd)))
+        except VnetdError as exc:
+            return failure(exc, delivery=delivery)
+        except Exception as exc:  # the dispatcher turns bugs into Internal: one it missed
+            log.exception("job_crashed", op=cmd.op)
+            return failure(Internal(f"{cmd.op} failed unexpectedly: {type(exc).__name__}",
+                                    op=cmd.op))
+
+    def _decode(self, message: AbstractIncomingMessage) -> Command | Outcome:
+        """The validated command, or the outcome of a request that is not one."""
         if len(message.body) > MAX_BODY_BYTES:
-            return None, failure(InvalidArgument(
+            return failure(InvalidArgument(
                 f"request body is {len(message.body)} bytes; the limit is {MAX_BODY_BYTES}"),
                 malformed=True)
         try:
             body = orjson.loads(message.body)
         except orjson.JSONDecodeError as exc:
-            return None, failure(InvalidArgument(f"request body is not valid JSON: {exc}"),
-                                 malformed=True)
+            return failure(InvalidArgument(f"request body is not valid JSON: {exc}"),
+                           malformed=True)
         if not isinstance(body, dict):
-            return None, failure(InvalidArgument(
+            return failure(InvalidArgument(
                 f"request body must be a JSON object, got {type(body).__name__}"), malformed=True)
         try:
-            return parse_request(body), None
+            return parse_request(body)
         except InvalidArgument as exc:
-            return None, failure(exc)
+            return failure(exc)
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
         if not message.reply_to:
@@ -185,13 +201,24 @@ class JobConsumer:
             reply, routing_key=message.reply_to, mandatory=False)
 
     async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
-        if outcome.action is Action.ACK:
-            await message.ack()
-        else:
+        reason = outcome.reason or "unknown"
+        if outcome.action is Action.RETRY:
+            if self.retry is None:  # failure() retries only when a policy gives attempts
+                raise Internal("a retry was decided but the daemon has no retry queue")
+            attempt = await retry.requeue_later(self.channel, self.retry, message, reason)
+            log.info("job_retry_later", message_id=message.message_id, attempt=attempt,
+                     of=self.retry.attempts, delay_s=self.retry.delay_seconds, reason=reason)
+        elif outcome.action is Action.GIVE_UP:
+            await retry.give_up(self.channel, message, reason)
+            log.warning("job_given_up", message_id=message.message_id, reason=reason)
+        if outcome.action is Action.DEAD_LETTER:
             await message.reject(requeue=False)
+        else:
+            await message.ack()
 
     def _observe(self, message: AbstractIncomingMessage, op: str, cmd: Command | None,
-                 outcome: Outcome | None, started: float, *, duplicate: bool = False) -> None:
+                 outcome: Outcome | None, started: float, *, duplicate: bool = False,
+                 attempt: int = 1) -> None:
         record = JobRecord(
             op=op,
             message_id=message.message_id,
@@ -207,7 +234,8 @@ class JobConsumer:
         log.info("job", op=op, ok=record.ok, error=record.error_code,
                  duration_ms=round(record.duration * 1000, 3), message_id=record.message_id,
                  correlation_id=record.correlation_id, interface=record.subject,
-                 redelivered=message.redelivered, duplicate=duplicate)
+                 redelivered=message.redelivered, duplicate=duplicate,
+                 **({"attempt": attempt} if attempt > 1 else {}))
         for observer in self.observers:
             try:
                 observer.job_finished(record)

@@ -7,6 +7,10 @@ the dead-letter queue with it. vnetd does better with a flight recorder:
 - Before a job runs, a line `S <key>` is appended to `<state_dir>/inflight.log`,
   and `E <key>` once it is settled. A plain write survives kill -9 (the page
   cache belongs to the kernel); a clean shutdown truncates the file.
+- The log is bounded: once it is over `max_bytes`, it is rewritten with only
+  the `S` lines of the jobs in flight (written to a new file that atomically
+  replaces the old one, so a kill during the rewrite leaves one whole log or
+  the other). It is read line by line at start, never held whole.
 - At start, keys started but never ended were in flight when the daemon died:
   each gets a crash count, and a count of crashes in which it ran alone.
 - A suspect (crashed before) runs in isolation: after the jobs delivered with it
@@ -35,6 +39,10 @@ log = structlog.get_logger("vnetd.quarantine")
 
 SETTLE_SECONDS = 0.05
 """How long a suspect lets the jobs delivered with it start before it isolates."""
+MAX_LOG_BYTES = 64 * 1024
+"""The flight log is compacted past this size (a job's two lines take at most ~410 bytes)."""
+MAX_SUSPECTS = 1000
+"""Suspects kept at most (oldest forgotten first): a job never seen again is not kept forever."""
 
 
 def job_key(message_id: str | None, body: bytes, correlation_id: str | None,
@@ -55,11 +63,17 @@ class Suspicion:
 class FlightRecorder:
     """The on-disk record of which jobs were running, and what it says after a crash."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, max_bytes: int = MAX_LOG_BYTES) -> None:
         self.dir = state_dir
         self.log_path = state_dir / "inflight.log"
         self.suspects_path = state_dir / "suspects.json"
+        self.max_bytes = max_bytes
+        self._limit = max_bytes
+        self.compactions = 0
         self._fd: int | None = None
+        self._size = 0
+        self._open: dict[str, int] = {}
+        """Keys in flight -> how many deliveries of that key are (duplicates share a key)."""
 
     def open(self) -> dict[str, Suspicion]:
         """Read what the last run left, record its crash, and start a fresh log."""
@@ -75,22 +89,29 @@ class FlightRecorder:
             log.warning("crash_detected", jobs_in_flight=len(open_keys),
                         suspects={k: vars(v) for k, v in suspects.items() if k in open_keys})
         self._save_suspects(suspects)
-        self._fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-                           | os.O_CLOEXEC, 0o600)
+        self._fd = self._new_log(self.log_path)
+        self._size = 0
         return suspects
 
+    @staticmethod
+    def _new_log(path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+                       0o600)
+
     def _open_keys(self) -> list[str]:
+        running: dict[str, int] = {}  # two deliveries of one job share its key: counted
         try:
-            text = self.log_path.read_text(errors="replace")
+            with self.log_path.open(errors="replace") as log_file:
+                for line in log_file:  # streamed: memory bounded by the keys in flight
+                    tag, _, key = line.rstrip("\n").partition(" ")
+                    if tag == "S":
+                        running[key] = running.get(key, 0) + 1
+                    elif tag == "E" and (left := running.get(key, 0) - 1) > 0:
+                        running[key] = left
+                    elif tag == "E":
+                        running.pop(key, None)
         except FileNotFoundError:
             return []
-        running: dict[str, None] = {}
-        for line in text.splitlines():
-            tag, _, key = line.partition(" ")
-            if tag == "S":
-                running[key] = None
-            elif tag == "E":
-                running.pop(key, None)
         return list(running)
 
     def _load_suspects(self) -> dict[str, Suspicion]:
@@ -101,17 +122,59 @@ class FlightRecorder:
             return {}
 
     def _save_suspects(self, suspects: dict[str, Suspicion]) -> None:
+        for key in list(suspects)[:max(0, len(suspects) - MAX_SUSPECTS)]:
+            del suspects[key]
         tmp = self.suspects_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({k: vars(v) for k, v in suspects.items()}))
         tmp.replace(self.suspects_path)
 
     def started(self, key: str) -> None:
         if self._fd is not None:
-            os.write(self._fd, f"S {key}\n".encode())
+            self._open[key] = self._open.get(key, 0) + 1
+            self._write(f"S {key}\n".encode())
 
     def ended(self, key: str) -> None:
         if self._fd is not None:
-            os.write(self._fd, f"E {key}\n".encode())
+            left = self._open.get(key, 0) - 1
+            if left > 0:
+                self._open[key] = left
+            else:
+                self._open.pop(key, None)
+            self._write(f"E {key}\n".encode())
+            if self._size > self._limit:
+                self._compact()
+
+    @property
+    def size(self) -> int:
+        """Bytes in the flight log now."""
+        return self._size
+
+    def _write(self, line: bytes) -> None:
+        if self._fd is not None:
+            self._size += os.write(self._fd, line)
+
+    def _compact(self) -> None:
+        """Replace the log by one with only the jobs in flight (S lines), atomically."""
+        if self._fd is None:
+            return
+        tmp = self.log_path.with_suffix(".new")
+        fd = self._new_log(tmp)
+        size = 0
+        try:
+            body = "".join(f"S {key}\n" * n for key, n in self._open.items()).encode()
+            if body:
+                size = os.write(fd, body)
+            os.replace(tmp, self.log_path)
+        except OSError as exc:  # keep appending to the old log: bigger, still right
+            os.close(fd)
+            log.warning("flight_log_compaction_failed", error=str(exc))
+            return
+        os.close(self._fd)
+        self._fd, self._size = fd, size
+        self.compactions += 1
+        # With very many jobs in flight, compacting again at the next line would
+        # rewrite the log at every job: wait until it has at least doubled.
+        self._limit = max(self.max_bytes, 2 * size)
 
     def forget(self, key: str, suspects: dict[str, Suspicion]) -> None:
         if suspects.pop(key, None) is not None:
@@ -123,6 +186,8 @@ class FlightRecorder:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+            self._size = 0
+            self._open.clear()
 
 
 class Quarantine:

@@ -21,10 +21,15 @@ def host_routing_key(host_id: str) -> str:
     return f"host.{host_id}"
 
 
+def retry_queue_name(host_id: str) -> str:
+    return f"vnetd.retry.{host_id}"
+
+
 @dataclass(frozen=True)
 class Topology:
     commands: AbstractExchange
     queue: AbstractQueue
+    retry_queue: AbstractQueue
 
 
 async def declare(channel: AbstractChannel, host_id: str, delivery_limit: int) -> Topology:
@@ -46,4 +51,20 @@ async def declare(channel: AbstractChannel, host_id: str, delivery_limit: int) -
     )
     await queue.bind(commands, routing_key=host_routing_key(host_id))
     await queue.bind(commands, routing_key=BROADCAST_KEY)
-    return Topology(commands=commands, queue=queue)
+    # Temporary failures wait here (no consumer): each message carries its delay as
+    # its expiration, and expired messages are dead-lettered back to the host's
+    # queue. All delays of one daemon are equal, so the head always expires first.
+    # At-least-once dead-lettering (it needs reject-publish overflow): a job that
+    # waits here must not be lost on its way back.
+    retry_queue = await channel.declare_queue(
+        retry_queue_name(host_id),
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": COMMANDS_EXCHANGE,
+            "x-dead-letter-routing-key": host_routing_key(host_id),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    return Topology(commands=commands, queue=queue, retry_queue=retry_queue)

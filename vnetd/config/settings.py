@@ -44,6 +44,12 @@ class AmqpSettings(_Section):
     drain_timeout_seconds: float = Field(
         default=20.0, gt=0, le=600,
         description="On stop, how long jobs in flight may take before they are left for redelivery")
+    retry_delay_seconds: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="A job without reply_to that met `unavailable` is run again after this delay")
+    retry_attempts: int = Field(
+        default=60, ge=1, le=10_000,
+        description="Attempts in all of such a job before it is dead-lettered with the reason")
 
 
 class NetlinkSettings(_Section):

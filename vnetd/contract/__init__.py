@@ -8,3 +8,4 @@ loads every op module, so the op table (`commands.OPS`) is complete.
 from vnetd.contract import cleanup as cleanup
 from vnetd.contract import commands as commands
 from vnetd.contract import network as network
+from vnetd.contract import overlay as overlay

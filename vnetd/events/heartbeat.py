@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from vnetd.aio import cancel_and_wait
 from vnetd.events.bus import EventBus
+from vnetd.supervisor import TaskTree
 
 
 class HostLifecycle:
@@ -25,7 +25,7 @@ class HostLifecycle:
         self.version = version
         self.health = health
         self.started = time.monotonic()
-        self._task: asyncio.Task[None] | None = None
+        self.tasks = TaskTree(self.name)
 
     def summary(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -41,7 +41,7 @@ class HostLifecycle:
     async def start(self) -> None:
         self.started = time.monotonic()
         self.bus.emit("host.started", None, self.summary())
-        self._task = asyncio.create_task(self._beat(), name="events.heartbeat")
+        self.tasks.spawn("heartbeat", self._beat, restart=True)
 
     async def _beat(self) -> None:
         while True:
@@ -49,6 +49,5 @@ class HostLifecycle:
             self.bus.emit("host.heartbeat", None, self.summary())
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self.tasks.stop()
         self.bus.emit("host.stopping", None, self.summary())

@@ -26,9 +26,9 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from vnetd import metrics
-from vnetd.aio import cancel_and_wait
 from vnetd.events.bus import EventBus
 from vnetd.events.cloudevents import CONTENT_TYPE, Event, encode, event_id, routing_key
+from vnetd.supervisor import TaskTree
 
 log = structlog.get_logger("vnetd.events")
 
@@ -50,7 +50,8 @@ class EventPublisher:
         self.state = "disconnected"
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.tasks = TaskTree(self.name)
+        self._running = False
         self._inflight: deque[tuple[Event, asyncio.Task[object]]] = deque()
         self._space = asyncio.Event()
         self._failed = False
@@ -60,17 +61,18 @@ class EventPublisher:
         self._exchange = await self._channel.declare_exchange(
             self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
         self.state = "connected"
-        self._task = asyncio.create_task(self._run(), name="events.publisher")
+        self._running = True
+        self.tasks.spawn("pump", self._run, restart=True)
 
     async def stop(self) -> None:
         """Flush what is buffered (bounded by flush_timeout), then close the channel."""
-        if self._task is not None:
+        if self._running:
             try:
                 await asyncio.wait_for(self.bus.wait_drained(), self.flush_timeout)
             except TimeoutError:
                 log.warning("events_flush_timeout", left=self.bus.buffered)
-        await cancel_and_wait(self._task)
-        self._task = None
+        self._running = False
+        await self.tasks.stop()
         for _, task in self._inflight:  # unconfirmed publishes: the channel closes anyway
             task.cancel()
         if self._channel is not None:
@@ -100,9 +102,8 @@ class EventPublisher:
             await asyncio.sleep(0)
 
     async def _publish(self, event: Event) -> object:
-        assert self._channel is not None
         body = encode(event, self.bus.host_id, self.bus.epoch)
-        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        channel = cast(aiormq.Channel, await self._open_channel().get_underlay_channel())
         # aiormq directly, with wait=False: the frame is queued for the writer and the
         # channel lock released at once, so publishes are not serialized one socket
         # drain at a time (aio-pika's Exchange.publish waits for each drain; that
@@ -183,13 +184,18 @@ class EventPublisher:
             except Exception:
                 log.exception("events_reconnect_listener_failed")
 
+    def _open_channel(self) -> AbstractChannel:
+        if self._channel is None:  # start() opens it before the pump runs
+            raise RuntimeError("the event publisher is not started")
+        return self._channel
+
     async def _ready(self) -> None:
-        assert self._channel is not None
-        ready = getattr(self._channel, "ready", None)
+        channel = self._open_channel()
+        ready = getattr(channel, "ready", None)
         if ready is not None:
             await ready()
-        if self._channel.is_closed:
+        if channel.is_closed:
             # A channel the broker closed (not the connection): open a new one.
-            self._channel = await self.connection.channel(publisher_confirms=True)
-        self._exchange = await self._channel.declare_exchange(
+            channel = self._channel = await self.connection.channel(publisher_confirms=True)
+        self._exchange = await channel.declare_exchange(
             self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)

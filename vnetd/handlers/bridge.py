@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
-from vnetd.contract.errors import Unsupported
+from vnetd.contract.errors import NotFound, Unsupported
 from vnetd.handlers.context import Context
+from vnetd.handlers.overlay_views import add_bridge_vxlans
 from vnetd.handlers.policy import require_kind
 from vnetd.handlers.views import bridge_table, view_of
 from vnetd.net.model import OWNER_ALIAS, BridgeOptions, Link, LinkChange
@@ -49,8 +50,7 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
                 vlan_filtering=cmd.vlan_filtering))
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
-        link = await ctx.net.get_link(cmd.name)
-        assert link is not None
+        link = await _gone_is_not_found(ctx, cmd.name)
         # Mark it ours before anything else; the kernel ignores an alias on creation.
         await ctx.net.set_link(link.index, LinkChange(alias=OWNER_ALIAS))
         created = True
@@ -69,8 +69,7 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
             await ctx.net.set_link(link.index, change)
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
-        link = await ctx.net.get_link(cmd.name)
-        assert link is not None
+        link = await _gone_is_not_found(ctx, cmd.name)
     return {**await view_of(ctx.net, link), "created": created, "changed": changed or created}
 
 
@@ -87,7 +86,10 @@ async def delete(cmd: BridgeDelete, ctx: Context) -> dict[str, Any]:
 
 
 async def list_(cmd: BridgeList, ctx: Context) -> dict[str, Any]:
-    return {"bridges": bridge_table(await ctx.net.list_links())}
+    links = await ctx.net.list_links()
+    bridges = bridge_table(links)
+    await add_bridge_vxlans(ctx.net, bridges, links)
+    return {"bridges": bridges}
 
 
 
@@ -98,3 +100,11 @@ def _explain(exc: Unsupported, cmd: BridgeEnsure) -> Unsupported:
             "(CONFIG_BRIDGE_VLAN_FILTERING); leave vlan_filtering unset or false",
             name=cmd.name, feature="vlan_filtering", **exc.details)
     return exc
+
+
+async def _gone_is_not_found(ctx: Context, name: str) -> Link:
+    """The bridge just created or changed; someone else may have deleted it meanwhile."""
+    link = await ctx.net.get_link(name)
+    if link is None:
+        raise NotFound(f"bridge {name} disappeared while vnetd was setting it up", name=name)
+    return link

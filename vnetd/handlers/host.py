@@ -9,6 +9,7 @@ from typing import Any
 
 from vnetd.contract.commands import HostHealth, HostSnapshot
 from vnetd.handlers.context import Context
+from vnetd.handlers.overlay_views import add_vxlan_views
 from vnetd.handlers.views import views_of
 
 FINE = ("connected", "disabled")
@@ -73,6 +74,7 @@ async def snapshot(cmd: HostSnapshot, ctx: Context) -> dict[str, Any]:
         result.update(await provider())
     if "links" not in result:
         result["links"] = views_of(await ctx.net.list_links())
+    await add_vxlan_views(ctx.net, result["links"])
     return result
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from vnetd.contract.commands import LinkList, LinkSet
 from vnetd.handlers.context import Context
+from vnetd.handlers.overlay_views import add_vxlan_views
 from vnetd.handlers.policy import require_link
 from vnetd.handlers.views import view_of, views_of
 from vnetd.net.model import LinkChange
@@ -32,4 +33,5 @@ async def list_(cmd: LinkList, ctx: Context) -> dict[str, Any]:
         views = [v for v in views if v["kind"] == cmd.kind]
     if cmd.owned_only:
         views = [v for v in views if v["owned"]]
+    await add_vxlan_views(ctx.net, views)
     return {"links": views}

@@ -100,7 +100,8 @@ def _require_owned(virt: VirtBackend, state: NetworkState, action: str) -> None:
 def _desired(cmd: NetworkDefine | NetworkCreate) -> ET.Element:
     if cmd.spec is not None:
         return xml.build(cmd.name, cmd.spec)
-    assert cmd.xml is not None
+    if cmd.xml is None:  # the model requires exactly one of spec and xml
+        raise InvalidArgument("one of spec or xml is required", name=cmd.name)
     try:
         return xml.parse_network(cmd.xml, cmd.name)
     except xml.XmlError as exc:
@@ -308,7 +309,8 @@ def _current(root: ET.Element, index: int, cmd: NetworkUpdate) -> tuple[bool, ET
         if cmd.action == "delete":
             return match is None, match
         return same, match
-    assert cmd.range is not None
+    if cmd.range is None:  # the model requires exactly one of host and range
+        raise InvalidArgument("one of host or range is required", field="range")
     r = next((x for x in ip.findall("dhcp/range")
               if x.get("start") == cmd.range.start and x.get("end") == cmd.range.end), None)
     return (r is None) if cmd.action == "delete" else (r is not None), r

@@ -7,8 +7,9 @@ from typing import Any
 
 from vnetd.contract import commands as c
 from vnetd.contract import network as n
+from vnetd.contract import overlay as o
 from vnetd.contract.cleanup import CleanupRun
-from vnetd.handlers import bridge, host, link, network, port, tap
+from vnetd.handlers import bridge, fdb, host, link, network, port, tap, vxlan
 from vnetd.handlers.cleanup import run as cleanup_run
 from vnetd.handlers.context import Context
 
@@ -40,4 +41,7 @@ def build_registry() -> Registry:
         n.NetworkDumpxml: network.dumpxml,
         n.NetworkList: network.list_,
         n.NetworkUpdate: network.update,
+        o.VxlanEnsure: vxlan.ensure,
+        o.VxlanDelete: vxlan.delete,
+        o.FdbConverge: fdb.converge,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from vnetd.net.model import BridgeOptions, Link, LinkChange, TapSpec
+from vnetd.net.overlay import OverlayBackend
 
 
 class NetBackend(Protocol):
@@ -46,6 +47,9 @@ class NetBackend(Protocol):
 
     async def features(self) -> dict[str, bool | str]:
         """Kernel feature checks: bridge and tun support, /dev/net/tun usable."""
+
+    def overlay(self) -> OverlayBackend:
+        """VXLAN devices, their FDB and neighbour tables (vnetd.net.overlay)."""
 
     async def close(self) -> None:
         """Release sockets and threads."""

@@ -68,6 +68,23 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True)
+class Address:
+    """One IP address of a link (RTM_NEWADDR / RTM_DELADDR)."""
+
+    index: int
+    family: str
+    """"inet" or "inet6"."""
+    address: str
+    prefixlen: int
+    scope: int
+    label: str | None
+
+    @property
+    def key(self) -> tuple[int, str, str, int]:
+        return (self.index, self.family, self.address, self.prefixlen)
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeOptions:
     """Bridge attributes to set; None means leave as is (or kernel default)."""
 

@@ -29,16 +29,15 @@ from vnetd.contract.errors import (
     Unsupported,
     VnetdError,
 )
-from vnetd.net import fastlink, tun
+from vnetd.net import fastlink, rtnl, tun
 from vnetd.net.fastlink import DumpInterrupted, FastLink, NetlinkRequestError
-from vnetd.net.model import BridgeOptions, BridgeSettings, Link, LinkChange, TapSpec, TunSettings
+from vnetd.net.model import BridgeOptions, Link, LinkChange, TapSpec
 from vnetd.net.netns import NamespaceWorker
+from vnetd.net.vxlan import VxlanNetlink
 
 T = TypeVar("T")
-IFF_UP = 0x1
 DUMP_RETRIES = 5
 TUN_FDS_AHEAD = 32
-_CENTI = 100.0  # the kernel keeps bridge timers in centiseconds (USER_HZ)
 
 
 def error_from_errno(code: int, what: str) -> VnetdError:
@@ -57,49 +56,6 @@ def error_from_errno(code: int, what: str) -> VnetdError:
     if code in (errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN, errno.EINTR):
         return Unavailable(text, errno=code)
     return Internal(text, errno=code)
-
-
-def parse_link(msg: Any) -> Link:
-    """Turn one RTM_NEWLINK message into a Link."""
-    kind = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "device"
-    data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
-    bridge = tun_settings = None
-    if kind == "bridge" and data is not None:
-        bridge = BridgeSettings(
-            stp=bool(data.get("IFLA_BR_STP_STATE")),
-            forward_delay=(data.get("IFLA_BR_FORWARD_DELAY") or 0) / _CENTI,
-            ageing_time=(data.get("IFLA_BR_AGEING_TIME") or 0) / _CENTI,
-            vlan_filtering=bool(data.get("IFLA_BR_VLAN_FILTERING")),
-        )
-    elif kind == "tun" and data is not None:
-        mode = "tap" if data.get("IFLA_TUN_TYPE") == 2 else "tun"
-        kind = mode
-        tun_settings = TunSettings(
-            mode=mode,
-            owner_uid=data.get("IFLA_TUN_OWNER"),
-            group_gid=data.get("IFLA_TUN_GROUP"),
-            multi_queue=bool(data.get("IFLA_TUN_MULTI_QUEUE")),
-            vnet_hdr=bool(data.get("IFLA_TUN_VNET_HDR")),
-            persistent=bool(data.get("IFLA_TUN_PERSIST")),
-        )
-    elif msg.get("ifname") == "lo":
-        kind = "loopback"
-    master = msg.get("master")
-    return Link(
-        index=int(msg["index"]),
-        name=msg.get("ifname"),
-        kind=kind,
-        mtu=int(msg.get("mtu") or 0),
-        mac=msg.get("address"),
-        up=bool(msg["flags"] & IFF_UP),
-        oper_state=str(msg.get("operstate") or "UNKNOWN").lower(),
-        carrier=bool(msg.get("carrier")),
-        master=int(master) if master else None,
-        alias=msg.get("ifalias"),
-        bridge=bridge,
-        tun=tun_settings,
-        carrier_changes=int(msg.get("carrier_changes") or 0),
-    )
 
 
 def _rtnl_dgram_fd() -> int:
@@ -126,6 +82,10 @@ class NetlinkBackend:
         self._del_sock: socket.socket | None = None
         self._deletes: list[tuple[int, asyncio.Future[None]]] = []
         self._deleting: asyncio.Task[None] | None = None
+        self._overlay = VxlanNetlink(self._worker, error_from_errno)
+
+    def overlay(self) -> VxlanNetlink:
+        return self._overlay
 
     def _pyroute2(self) -> Any:
         if self._ipr is None:
@@ -249,8 +209,8 @@ class NetlinkBackend:
 
     async def _delete_one(self, index: int, future: asyncio.Future[None]) -> None:
         try:
-            await self._blocking(f"delete link #{index}", fastlink.RTM_DELLINK,
-                                 fastlink.ifinfo(index))
+            await self._blocking(f"delete link #{index}", rtnl.RTM_DELLINK,
+                                 rtnl.ifinfo(index))
         except VnetdError as exc:
             _settle(future, exc)
         else:
@@ -272,8 +232,8 @@ class NetlinkBackend:
         if not members:
             return
         try:
-            await self._blocking(f"delete group {group}", fastlink.RTM_DELLINK,
-                                 fastlink.delete_group_body(group))
+            await self._blocking(f"delete group {group}", rtnl.RTM_DELLINK,
+                                 rtnl.delete_group_body(group))
         except VnetdError:
             for index, future in members:  # e.g. a device kind without dellink: one by one
                 await self._delete_one(index, future)
@@ -320,6 +280,7 @@ class NetlinkBackend:
             self._del_sock.close()
         if self._ipr is not None:
             self._ipr.close()
+        await self._worker.run(self._overlay.close)  # its socket lives on the worker
         self._worker.close()
 
 

@@ -18,7 +18,6 @@ import aio_pika
 import structlog
 
 from vnetd import __version__
-from vnetd.aio import cancel_and_wait
 from vnetd.client import CallTimeout, VnetClient
 from vnetd.config import Settings
 from vnetd.config.settings import CleanupSettings
@@ -31,6 +30,7 @@ from vnetd.handlers.leases import Leases
 from vnetd.handlers.policy import Policy
 from vnetd.net.backend import NetBackend
 from vnetd.net.netlink import NetlinkBackend
+from vnetd.supervisor import TaskTree
 from vnetd.virt.backend import VirtError
 from vnetd.virt.libvirt_backend import LibvirtBackend
 from vnetd.virt.references import LibvirtNetworkTtl, LibvirtReferences
@@ -76,11 +76,11 @@ class CleanupComponent:
                                    locks=dispatcher.locks, leases=dispatcher.leases,
                                    libvirt_enabled=libvirt_enabled, restart_clocks=True)
         ctx.extras[SWEEPER_KEY] = self.sweeper
-        self._task: asyncio.Task[None] | None = None
+        self.tasks = TaskTree(self.name)
 
     async def start(self) -> None:
         if self.interval > 0:
-            self._task = asyncio.create_task(self._periodic(), name="cleanup-sweep")
+            self.tasks.spawn("sweep", self._periodic, restart=True)
 
     async def _periodic(self) -> None:
         while True:
@@ -93,8 +93,7 @@ class CleanupComponent:
                 log.exception("cleanup_pass_crashed")
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self.tasks.stop()
 
 
 # ---------------------------------------------------------------------- one shot

@@ -17,6 +17,7 @@ from vnetd.amqp.connection import BrokerLink
 from vnetd.amqp.consumer import JobConsumer, JobObserver
 from vnetd.amqp.dedupe import ReplyCache
 from vnetd.amqp.quarantine import FlightRecorder, Quarantine
+from vnetd.amqp.retry import RetryPolicy
 from vnetd.config import Settings
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher
@@ -30,6 +31,7 @@ from vnetd.service.events import event_components
 from vnetd.service.metrics import MetricsServer
 from vnetd.service.notify import Notifier
 from vnetd.service.watchdog import Watchdog
+from vnetd.supervisor import TaskTree
 from vnetd.virt.libvirt_backend import LibvirtBackend
 from vnetd.watchers.libvirt import LibvirtWatcher
 
@@ -53,15 +55,26 @@ class Runtime:
     """None until the job consumer is started, then whether it still consumes."""
     dispatcher: Dispatcher | None = None
     """Runs jobs; its per-name locks and leases are shared with cleanup."""
+    tasks: TaskTree = field(default_factory=TaskTree)
+    """The daemon's task tree: each component's long-lived tasks are a branch of it."""
 
     def dependency_states(self) -> dict[str, str]:
         return {**self.states, "broker": self.broker.state}
+
+    def health_states(self) -> dict[str, str]:
+        """Dependencies, and the tasks that ended unexpectedly ("<path>": "<state>: <why>")."""
+        return {**self.dependency_states(), **task_states(self.tasks)}
+
+
+def task_states(tasks: TaskTree) -> dict[str, str]:
+    """Failed or restarting tasks as component states; none while all run."""
+    return {e.path: f"{e.state}: {e.reason}" for e in tasks.entries() if not e.ok}
 
 
 def build_components(rt: Runtime) -> list[Component]:
     """Everything the daemon runs besides the consumer, in start order."""
     s = rt.settings
-    watchdog = Watchdog(rt.notifier, rt.dependency_states, rt.consumer_alive)
+    watchdog = Watchdog(rt.notifier, rt.health_states, rt.consumer_alive, rt.tasks.critical)
     metrics = MetricsServer(enabled=s.metrics.enabled, address=s.metrics.address,
                             port=s.metrics.port, states=rt.dependency_states,
                             list_links=rt.net.list_links)
@@ -108,6 +121,7 @@ class Daemon:
         # ComponentStates: also since when, and the last error, for host.health's reasons.
         self.states: dict[str, str] = ComponentStates({"libvirt": "disabled"})
         self.consumer: JobConsumer | None = None
+        self.tasks = TaskTree()
         self.components: list[Component] = []
         self.started: list[Component] = []
 
@@ -118,7 +132,7 @@ class Daemon:
         return not c.channel.is_closed
 
     def component_states(self) -> dict[str, str]:
-        return {**self.states, "broker": self.broker.state}
+        return {**self.states, "broker": self.broker.state, **task_states(self.tasks)}
 
     def component_details(self) -> dict[str, dict[str, object]]:
         states = self.states
@@ -147,9 +161,13 @@ class Daemon:
             rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,
                          connection=connection, notifier=self.notifier, states=self.states,
                          consumer_alive=self.consumer_alive,
-                         dispatcher=Dispatcher(build_registry(), ctx))
+                         dispatcher=Dispatcher(build_registry(), ctx), tasks=self.tasks)
             for component in build_components(rt):
                 self.notifier.status(f"starting: {component.name}")
+                # A component's long-lived tasks (its own TaskTree) join the daemon's.
+                branch = getattr(component, "tasks", None)
+                if isinstance(branch, TaskTree):
+                    self.tasks.adopt(branch)
                 await component.start()
                 self.started.append(component)
             await self._start_consumer(rt)
@@ -172,8 +190,11 @@ class Daemon:
         topo = await topology.declare(channel, s.host_id, s.amqp.delivery_limit)
         dispatcher = rt.dispatcher or Dispatcher(build_registry(), rt.ctx)
         cache = ReplyCache(s.amqp.dedupe_window_seconds, s.amqp.dedupe_max_entries)
+        retry_policy = RetryPolicy(queue=topo.retry_queue.name,
+                                   delay_seconds=s.amqp.retry_delay_seconds,
+                                   attempts=s.amqp.retry_attempts)
         self.consumer = JobConsumer(channel, topo.queue, dispatcher.execute, cache,
-                                    s.host_id, rt.observers, _quarantine(s))
+                                    s.host_id, rt.observers, _quarantine(s), retry_policy)
         await self.consumer.start()
 
     async def _shutdown(self) -> None:

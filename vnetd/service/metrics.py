@@ -19,9 +19,9 @@ from typing import Any
 import structlog
 
 from vnetd import metrics as m
-from vnetd.aio import cancel_and_wait
 from vnetd.amqp.consumer import JobRecord
 from vnetd.contract.errors import VnetdError
+from vnetd.supervisor import TaskTree
 
 log = structlog.get_logger("vnetd.metrics")
 
@@ -73,7 +73,7 @@ class MetricsServer:
         self._kinds: set[str] = set()
         self._server: Any = None
         self._thread: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self.tasks = TaskTree(self.name)
 
     def _mark_dirty(self) -> None:
         self._dirty = True
@@ -87,15 +87,14 @@ class MetricsServer:
                      port=self._server.server_address[1])
         self.refresh_connections()
         await self.refresh_owned()
-        self._task = asyncio.create_task(self._run(), name="vnetd-metrics")
+        self.tasks.spawn("refresh", self._run, restart=True)
 
     @property
     def bound_port(self) -> int | None:
         return None if self._server is None else int(self._server.server_address[1])
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self.tasks.stop()
         if self._server is not None:
             server, self._server = self._server, None
             await asyncio.to_thread(server.shutdown)

@@ -7,8 +7,13 @@ started). A hung loop sends nothing (the probe cannot run); a slow one, or a
 consumer the broker connection did not bring back, skips pings, and systemd
 restarts the daemon after WatchdogSec.
 
-A dependency that is down (the broker reconnecting, libvirtd restarting) makes
-the daemon *degraded*, not dead: it keeps pinging and says so on its STATUS
+A critical task of the task tree (vnetd.supervisor) that ended unexpectedly
+skips pings too: the daemon cannot work without it, and a restart brings it
+back. The probe itself is such a task: if it dies, nothing pings.
+
+A dependency that is down (the broker reconnecting, libvirtd restarting), or a
+task whose end only degrades the daemon (a watcher), makes the daemon
+*degraded*, not dead: it keeps pinging and says so on its STATUS
 line. Restarting it would not bring the broker back, and would throw away the
 events it buffers meanwhile. Without WATCHDOG_USEC it only keeps STATUS.
 """
@@ -21,9 +26,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from vnetd.aio import cancel_and_wait
 from vnetd.service import failpoints
 from vnetd.service.notify import Notifier
+from vnetd.supervisor import Policy, TaskTree
 
 log = structlog.get_logger("vnetd.watchdog")
 
@@ -42,10 +47,14 @@ class Watchdog:
     name = "watchdog"
 
     def __init__(self, notifier: Notifier, states: Callable[[], dict[str, str]],
-                 consumer_alive: Callable[[], bool | None]) -> None:
+                 consumer_alive: Callable[[], bool | None],
+                 critical: Callable[[], dict[str, str]] = dict) -> None:
         self.notifier = notifier
         self.states = states
         self.consumer_alive = consumer_alive
+        self.critical = critical
+        """Critical tasks that ended (path -> why): each one stops the pings."""
+        self.tasks = TaskTree(self.name)
         usec = notifier.watchdog_usec
         self.ping_every = usec / 2e6 if usec else None
         ref = self.ping_every or STATUS_SECONDS
@@ -54,7 +63,6 @@ class Watchdog:
         self.worst_lag = 0.0
         self.pings = 0
         self.skipped = 0
-        self._task: asyncio.Task[None] | None = None
         self._failpoint = False
 
     def health(self) -> Health:
@@ -66,6 +74,7 @@ class Watchdog:
         if self.consumer_alive() is False and broker_up:
             # Connected but no consumer: the robust connection did not restore it.
             problems.append("job consumer stopped")
+        problems.extend(f"task {path} {why}" for path, why in sorted(self.critical().items()))
         return Health(ok=not problems, problems=tuple(problems))
 
     def degraded(self) -> tuple[str, ...]:
@@ -76,15 +85,14 @@ class Watchdog:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._failpoint = failpoints.install(loop)
-        self._task = asyncio.create_task(self._run(), name="vnetd-watchdog")
+        self.tasks.spawn("probe", self._run, policy=Policy.CRITICAL)
         log.info("watchdog_started", ping_every=self.ping_every, max_lag=self.max_lag,
                  failpoint=self._failpoint or None)
 
     async def stop(self) -> None:
         if self._failpoint:
             failpoints.uninstall(asyncio.get_running_loop())
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self.tasks.stop()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

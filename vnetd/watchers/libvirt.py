@@ -20,16 +20,18 @@ from typing import Any
 import structlog
 
 from vnetd import metrics
-from vnetd.aio import cancel_and_wait
 from vnetd.handlers.context import Context
 from vnetd.handlers.host import note_error
 from vnetd.handlers.network import view
+from vnetd.supervisor import TaskTree
 from vnetd.virt.backend import NetworkState, VirtError
 from vnetd.virt.libvirt_backend import LibvirtBackend
 
 log = structlog.get_logger(__name__)
 
 STATE_KEY = "libvirt"
+SNAPSHOT_TIMEOUT = 10.0
+"""Seconds host.snapshot waits for libvirtd's network list (a hung libvirtd)."""
 _EVENT_TYPES = {"defined": "network.defined", "undefined": "network.undefined",
                 "started": "network.started", "stopped": "network.stopped"}
 
@@ -48,7 +50,8 @@ class LibvirtWatcher:
         self.connections = 0
         self._queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
         self._lost = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.tasks = TaskTree(self.name)
+        self.snapshot_timeout = SNAPSHOT_TIMEOUT
 
     # ------------------------------------------------------------ Component
     async def start(self) -> None:
@@ -57,12 +60,13 @@ class LibvirtWatcher:
         self._set_state("connecting")
         if not await self._connect_once(first=True):
             self._lost.set()  # not fatal: the supervisor keeps trying
-        self._tasks = [asyncio.create_task(self._supervise(), name="libvirt-supervise"),
-                       asyncio.create_task(self._drain_events(), name="libvirt-events")]
+        # Either one dying would freeze what host.health and the events say about
+        # libvirt: both are restarted (with backoff), and degrade the daemon meanwhile.
+        self.tasks.spawn("reconnect", self._supervise, restart=True)
+        self.tasks.spawn("events", self._drain_events, restart=True)
 
     async def stop(self) -> None:
-        await cancel_and_wait(*self._tasks)
-        self._tasks = []
+        await self.tasks.stop()
         with contextlib.suppress(Exception):
             await self.backend.close()
         self.backend.shutdown()
@@ -167,7 +171,10 @@ class LibvirtWatcher:
     # ------------------------------------------------------------ host.snapshot
     async def snapshot(self) -> dict[str, Any]:
         try:
-            states = await self.backend.list_networks()
+            states = await asyncio.wait_for(self.backend.list_networks(), self.snapshot_timeout)
         except VirtError as exc:
             return {"networks": None, "networks_error": exc.message}
+        except TimeoutError:
+            return {"networks": None,
+                    "networks_error": f"libvirtd did not answer within {self.snapshot_timeout:g}s"}
         return {"networks": sorted((view(s) for s in states), key=lambda v: str(v["name"]))}

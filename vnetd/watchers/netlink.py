@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import structlog
 
 from vnetd import metrics
-from vnetd.aio import cancel_and_wait
+from vnetd.contract.errors import Unavailable
 from vnetd.contract.events import EventSink
 from vnetd.handlers.views import link_view
 from vnetd.net.model import Link
@@ -39,6 +39,7 @@ from vnetd.net.monitor import (
     Message,
     Overrun,
 )
+from vnetd.supervisor import TaskTree
 
 log = structlog.get_logger("vnetd.watchers.netlink")
 
@@ -50,6 +51,10 @@ TRACKED = (("name", "name"), ("kind", "kind"), ("up", "state"), ("oper_state", "
            ("alias", "alias"), ("bridge", "bridge"), ("tun", "tap"))
 MAX_DATAGRAMS_PER_WAKEUP = 256
 READ_PAUSE = 0.001
+START_TIMEOUT = 60.0
+"""Seconds the first dump may take before the daemon gives up starting."""
+SNAPSHOT_TIMEOUT = 10.0
+"""Seconds host.snapshot waits for the watcher's view before answering `unavailable`."""
 """Seconds the socket rests after each read, so notifications arrive in batches."""
 
 
@@ -108,7 +113,8 @@ class NetlinkWatcher:
         self._fd: int | None = None
         self._synced = asyncio.Event()
         self._resync_reason: str | None = None
-        self._resync_task: asyncio.Task[None] | None = None
+        self.tasks = TaskTree(self.name)
+        self.snapshot_timeout = SNAPSHOT_TIMEOUT
         self._dump_seq: int | None = None
         self._dump_what: str | None = None
         self._dump_interrupted = False
@@ -121,11 +127,15 @@ class NetlinkWatcher:
     async def start(self) -> None:
         """Open, dump, fill the view (no events for what already exists)."""
         self.request_resync("start")
-        await self.wait_synced()
+        try:
+            await asyncio.wait_for(self.wait_synced(), START_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError(
+                f"the netlink watcher's first dump did not finish in {START_TIMEOUT:g}s") from None
 
     async def stop(self) -> None:
         self.state = "stopped"
-        await cancel_and_wait(self._resync_task)
+        await self.tasks.stop()
         self._remove_reader()
         self.monitor.close()
 
@@ -144,7 +154,9 @@ class NetlinkWatcher:
         self._resync_reason = reason
         self._synced.clear()
         self.state = "resyncing"
-        self._resync_task = asyncio.create_task(self._reopen(), name="watcher.netlink.resync")
+        # Ends once the socket is open and the dump asked for; one that fails is run
+        # again (with backoff) so the watcher is not left without a socket.
+        self.tasks.spawn("resync", self._reopen, oneshot=True, restart=True, replace=True)
 
     async def _reopen(self) -> None:
         self._remove_reader()
@@ -352,7 +364,8 @@ class NetlinkWatcher:
             if (now is None) == (prev is None):
                 continue  # unchanged, or came and went within the batch
             addr = now or prev
-            assert addr is not None
+            if addr is None:  # both None was skipped just above
+                continue
             name = self._name(addr.index, names)
             emit("address.added" if now is not None else "address.removed", name,
                  address_data(addr, name))
@@ -456,7 +469,13 @@ class NetlinkWatcher:
         view and every later change comes with a larger sequence.
         """
         async def provide() -> dict[str, Any]:
-            await self.refresh()
+            try:
+                await asyncio.wait_for(self.refresh(), self.snapshot_timeout)
+            except TimeoutError:
+                raise Unavailable(
+                    f"the event watcher's view of the kernel was not up to date within "
+                    f"{self.snapshot_timeout:g}s (state {self.state}); try again",
+                    state=self.state) from None
             names: dict[int, str] = {}
             return {
                 "links": [self._view(link, names) for _, link in sorted(self.links.items())],
