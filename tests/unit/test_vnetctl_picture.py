@@ -25,7 +25,7 @@ HOST = {
         link("tap1", "tap", master="br0", state="down"),
         link("veth-a", "veth", master="br0", owned=False),     # a foreign port: drawn
         link("loose0", "tap"),
-        link("vx100", "vxlan", master="br0", vxlan={"id": 100}),
+        link("vx100", "vxlan", master="br0", vxlan={"vni": 100, "remotes": 2}),
         link("ovs-system", "openvswitch", owned=False, state="down"),
         link("virbr0", "bridge", owned=False),
     ],
@@ -56,7 +56,7 @@ def test_dot_of_a_known_host() -> None:
     assert f'color="{picture.UP_PEN}"' in nodes["tap0"] and "dashed" not in nodes["tap0"]
     assert f'color="{picture.DOWN_PEN}"' in nodes["tap1"] and "dashed" in nodes["tap1"]
     assert 'shape="box"' in nodes["br0"] and 'shape="hexagon"' in nodes["vx100"]
-    assert "vni 100" in nodes["vx100"] and 'shape="box3d"' in nodes["ovs-system"]
+    assert "vni 100  2 remotes" in nodes["vx100"] and 'shape="box3d"' in nodes["ovs-system"]
     assert 'shape="note"' in nodes["network:default"]
     assert "dashed" in nodes["network:vn-iso"]  # an inactive network
     assert "bridge (absent)" in nodes["vbr-iso"]

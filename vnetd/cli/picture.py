@@ -52,9 +52,11 @@ def _link_label(link: dict[str, Any]) -> str:
     kind = str(link.get("kind") or "?")
     extra = []
     vxlan = link.get("vxlan") if isinstance(link.get("vxlan"), dict) else {}
-    vni = (vxlan or {}).get("id", link.get("vni"))
+    vni = (vxlan or {}).get("vni", link.get("vni"))
     if vni is not None:
         extra.append(f"vni {vni}")
+    if (vxlan or {}).get("remotes"):
+        extra.append(f"{vxlan['remotes']} remotes")
     if link.get("mtu"):
         extra.append(f"mtu {link['mtu']}")
     return "\n".join([str(link["name"]), "  ".join([kind, *extra])])
