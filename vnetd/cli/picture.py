@@ -51,11 +51,12 @@ def _style(owned: bool, up: bool, shape: str) -> dict[str, str]:
 def _link_label(link: dict[str, Any]) -> str:
     kind = str(link.get("kind") or "?")
     extra = []
-    vxlan = link.get("vxlan") if isinstance(link.get("vxlan"), dict) else {}
-    vni = (vxlan or {}).get("vni", link.get("vni"))
+    raw = link.get("vxlan")
+    vxlan: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    vni = vxlan.get("vni", link.get("vni"))
     if vni is not None:
         extra.append(f"vni {vni}")
-    if (vxlan or {}).get("remotes"):
+    if vxlan.get("remotes"):
         extra.append(f"{vxlan['remotes']} remotes")
     if link.get("mtu"):
         extra.append(f"mtu {link['mtu']}")
