@@ -4,11 +4,13 @@ subscriber through RabbitMQ as CloudEvents with contiguous sequences."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from tests.integration.events_subscriber import LinkFollower, Subscriber
 from tests.support import netns as netns_mod
+from tests.support.broker import LabBroker
 from tests.support.daemon import DaemonProcess
 from tests.support.env import Lab
 from tests.support.rpc import RawRpc
@@ -166,6 +168,7 @@ async def test_snapshot_then_events_follow_the_kernel(start_daemon, lab: Lab, ne
 
 
 async def test_vnetctl_events_prints_one_line_per_event(start_daemon, lab: Lab, netns: str,
+                                                        lab_broker: LabBroker,
                                                         amqp_url: str) -> None:
     import sys
     from pathlib import Path
@@ -176,7 +179,13 @@ async def test_vnetctl_events_prints_one_line_per_event(start_daemon, lab: Lab, 
         vnetctl, "--url", amqp_url, "events", "--host", host, "--type", "link.*",
         "--count", "2", "--timeout", "20", stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    await asyncio.sleep(1.5)  # let it bind its queue
+    # Wait until it has bound its queue (events before that are not its to see).
+    deadline = time.monotonic() + 30
+    while f"vnetd.events\t{host}.#" not in await lab_broker.actl(
+            "list_bindings", "source_name", "routing_key"):
+        assert time.monotonic() < deadline, "vnetctl events never bound its queue"
+        assert proc.returncode is None, "vnetctl events exited before binding"
+        await asyncio.sleep(0.2)
     ip(netns, "tuntap", "add", "dev", "clitap", "mode", "tap")
     ip(netns, "link", "set", "clitap", "mtu", "1300")
     out, err = await asyncio.wait_for(proc.communicate(), 30)

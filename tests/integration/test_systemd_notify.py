@@ -67,11 +67,12 @@ async def test_ready_only_with_a_consumer_then_watchdog_status_and_stopping(
 
         # Periodic watchdog pings, every WATCHDOG_USEC/2.
         t0 = time.monotonic()
-        await asyncio.sleep(3.2)
+        before = len(sd.with_key("WATCHDOG", "1"))
+        await sd.wait_for("WATCHDOG", "1", count=before + 6, timeout=10)
         pings = [m.at for m in sd.with_key("WATCHDOG", "1") if m.at >= t0]
-        assert 4 <= len(pings) <= 9, pings
         gaps = [b - a for a, b in itertools.pairwise(pings)]
-        assert max(gaps) < 0.9, gaps
+        assert len(gaps) >= 4 and max(gaps) < 0.9, gaps
+        assert min(gaps) > 0.2, gaps  # every WATCHDOG_USEC/2, not faster
 
         # The job path works while systemd watches.
         async with RawRpc(amqp_url) as rpc:
@@ -132,7 +133,11 @@ async def test_a_blocked_event_loop_stops_the_watchdog(
         await sd.wait_for("WATCHDOG", "1", count=3, timeout=10)
         blocked_at = time.monotonic()
         d.send_signal(signal.SIGUSR1)
-        await asyncio.sleep(block + 2.5)
+        # Wait for the event under test: the first ping once the block is over.
+        seen = len(sd.with_key("WATCHDOG", "1"))
+        while not any(m.at > blocked_at + block for m in sd.with_key("WATCHDOG", "1")):
+            seen += 1
+            await sd.wait_for("WATCHDOG", "1", count=seen, timeout=block + 10)
         pings = [m.at for m in sd.with_key("WATCHDOG", "1")]
         during = [t for t in pings if blocked_at + 0.3 < t < blocked_at + block]
         assert during == [], f"pinged while the loop was blocked: {during}"

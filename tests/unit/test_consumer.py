@@ -119,3 +119,24 @@ async def test_a_forged_attempt_header_counts_as_the_first(header: object) -> No
     await consumer(channel, Handler(error=Unavailable("down")))._on_message(msg.as_message())
     [again] = channel.to("", POLICY.queue)
     assert again.message.headers[ATTEMPT_HEADER] == 2
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def job_finished(self, record: Any) -> None:
+        self.records.append(record)
+
+
+async def test_observers_hear_of_a_retried_job_once_with_its_final_outcome() -> None:
+    channel, seen = FakeChannel(), Recorder()
+    handler = Handler(error=Unavailable("down"))
+    c = JobConsumer(channel.as_channel(), no_queue(), handler, ReplyCache(60, 100), "hv1",
+                    observers=[seen], retry_policy=POLICY)
+    await c._on_message(FakeMessage(DEFINE, message_id="m9").as_message())
+    assert seen.records == []  # sent to run again: not finished
+    handler.error = None
+    await c._on_message(FakeMessage(DEFINE, message_id="m9",
+                                    headers={ATTEMPT_HEADER: 2}).as_message())
+    assert [(r.op, r.ok) for r in seen.records] == [("bridge.ensure", True)]

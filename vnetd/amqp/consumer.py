@@ -153,7 +153,10 @@ class JobConsumer:
             if message_id:
                 final = outcome is not None and outcome.action is not Action.RETRY
                 self.cache.finish(message_id, outcome.reply if final and outcome else None)
-        self._observe(message, op, cmd, outcome, started, attempt=delivery.attempt)
+        # A job sent to run again later is not finished: observers (metrics, the
+        # command.* events) hear of it once, with its final outcome.
+        self._observe(message, op, cmd, outcome, started, attempt=delivery.attempt,
+                      final=outcome is None or outcome.action is not Action.RETRY)
 
     async def _run(self, cmd: Command, delivery: Delivery) -> Outcome:
         """The job's outcome; never raises (but for a cancellation)."""
@@ -218,7 +221,7 @@ class JobConsumer:
 
     def _observe(self, message: AbstractIncomingMessage, op: str, cmd: Command | None,
                  outcome: Outcome | None, started: float, *, duplicate: bool = False,
-                 attempt: int = 1) -> None:
+                 attempt: int = 1, final: bool = True) -> None:
         record = JobRecord(
             op=op,
             message_id=message.message_id,
@@ -235,7 +238,10 @@ class JobConsumer:
                  duration_ms=round(record.duration * 1000, 3), message_id=record.message_id,
                  correlation_id=record.correlation_id, interface=record.subject,
                  redelivered=message.redelivered, duplicate=duplicate,
-                 **({"attempt": attempt} if attempt > 1 else {}))
+                 **({"attempt": attempt} if attempt > 1 else {}),
+                 **({} if final else {"retry_later": True}))
+        if not final:
+            return
         for observer in self.observers:
             try:
                 observer.job_finished(record)
