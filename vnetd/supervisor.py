@@ -46,6 +46,10 @@ STABLE_SECONDS = 60.0
 Factory = Callable[[], Coroutine[Any, Any, None]]
 
 
+class InjectedFailure(RuntimeError):
+    """What `TaskTree.crash` makes a task end with (fault injection for tests)."""
+
+
 class Policy(Enum):
     CRITICAL = "critical"
     DEGRADE = "degraded"
@@ -69,6 +73,7 @@ class Supervised:
     restarts: int = 0
     started_at: float = 0.0
     backoff: float = BACKOFF_MIN
+    injected: BaseException | None = None
     _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     @property
@@ -143,6 +148,10 @@ class TaskTree:
         if task is not entry.task:
             return  # an earlier run of a restarted task
         was_ok = entry.ok
+        injected, entry.injected = entry.injected, None
+        if injected is not None and not self._stopping:
+            self._failed(entry, injected)
+            return
         if task.cancelled() or self._stopping:
             entry.state = "stopped"
             entry.reason = None
@@ -155,6 +164,9 @@ class TaskTree:
             if not was_ok:
                 self._notify(entry)
             return
+        self._failed(entry, exc)
+
+    def _failed(self, entry: Supervised, exc: BaseException | None) -> None:
         entry.reason = (f"ended with {type(exc).__name__}: {exc}" if exc is not None
                         else "returned, though it should run until stopped")
         if exc is not None:
@@ -193,6 +205,20 @@ class TaskTree:
                 except Exception:  # a listener must not break supervision
                     log.exception("task_listener_failed", task=entry.path)
             tree = tree.parent
+
+    def crash(self, path: str) -> bool:
+        """Make the running task `path` end as if it had raised (fault injection).
+
+        It is cancelled, and its end is handled as an `InjectedFailure`: logged,
+        reported and restarted (or fatal) like any real failure. False when no
+        such task runs.
+        """
+        entry = self.get(path)
+        if entry is None or entry.task is None or entry.task.done():
+            return False
+        entry.injected = InjectedFailure(f"failure injected into {path}")
+        entry.task.cancel()
+        return True
 
     # ------------------------------------------------------------ stopping
     async def stop(self) -> None:

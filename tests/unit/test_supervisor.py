@@ -261,3 +261,14 @@ async def test_host_snapshot_does_not_wait_forever_for_a_hung_libvirtd() -> None
     w.snapshot_timeout = 0.05
     assert await w.snapshot() == {"networks": None,
                                   "networks_error": "libvirtd did not answer within 0.05s"}
+
+
+async def test_an_injected_failure_is_handled_like_a_real_one() -> None:
+    root = tree()
+    root.branch("events.lifecycle").spawn("heartbeat", asyncio.Event().wait, restart=True)
+    assert root.crash("events.lifecycle/heartbeat") is True
+    assert root.crash("no/such") is False
+    await until(lambda: root.get("events.lifecycle/heartbeat").restarts == 1,  # type: ignore[union-attr]
+                "the restart after the injected failure")
+    await root.stop()
+    assert root.failures() == {}

@@ -25,6 +25,7 @@ from vnetd.handlers.host import DETAILS_KEY, ComponentStates
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
+from vnetd.service import failpoints
 from vnetd.service.cleanup import CleanupComponent
 from vnetd.service.component import Component
 from vnetd.service.events import event_components
@@ -149,6 +150,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
+        failpoints.install_task_crash(loop, self.tasks.crash)
         s = self.settings
         self.notifier.status("starting: opening netlink")
         net = NetlinkBackend(s.netlink.netns or None)

@@ -1,4 +1,5 @@
-"""Test-only fault injection for the service layer: block the event loop on SIGUSR1.
+"""Test-only fault injection for the service layer: block the event loop on SIGUSR1,
+make named background tasks fail on SIGUSR2.
 
 Set `VNETD_FAILPOINT_BLOCK_LOOP=<seconds>` before start; then each SIGUSR1 makes
 the event loop sleep that long (a stand-in for a hung handler), which must stop
@@ -12,6 +13,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -46,3 +48,21 @@ def install(loop: asyncio.AbstractEventLoop) -> bool:
 def uninstall(loop: asyncio.AbstractEventLoop) -> None:
     if block_loop_seconds() is not None:
         loop.remove_signal_handler(signal.SIGUSR1)
+
+
+CRASH_TASK_ENV = "VNETD_FAILPOINT_CRASH_TASK"
+"""`<task path>[,<task path>...]`: each SIGUSR2 makes those tasks of the task tree fail."""
+
+
+def install_task_crash(loop: asyncio.AbstractEventLoop, crash: Callable[[str], bool]) -> bool:
+    """Arm SIGUSR2 to inject a failure into the named tasks; True when armed."""
+    paths = [p.strip() for p in os.environ.get(CRASH_TASK_ENV, "").split(",") if p.strip()]
+    if not paths:
+        return False
+
+    def inject() -> None:
+        for path in paths:
+            log.warning("failpoint_crash_task", task=path, running=crash(path))
+
+    loop.add_signal_handler(signal.SIGUSR2, inject)
+    return True
