@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.unit.fakes import Caller, FakeNet
 from vnetd.handlers.context import Context
-from vnetd.handlers.host import DETAILS_KEY, ComponentStates, note_error
+from vnetd.handlers.host import ComponentStates, note_error
 
 
 class Clock:
@@ -36,7 +36,7 @@ async def test_degraded_health_gives_the_reasons(ctx: Context, call: Caller) -> 
     states = ComponentStates({"libvirt": "degraded"}, clock=clock)
     note_error(states, "libvirt", "cannot connect to qemu:///system: Failed to connect socket")
     ctx.components = lambda: {**states, "broker": "connected"}
-    ctx.extras[DETAILS_KEY] = states.details
+    ctx.component_details = states.details
     result = await call("host.health")
     assert result["status"] == "degraded"
     assert result["reasons"] == [

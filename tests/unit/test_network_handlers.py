@@ -442,13 +442,14 @@ async def test_watcher_events_reconnect_and_resync(vnet: FakeNet) -> None:
     conn = FakeConnection()
     sink = RecordingSink()
     states: dict[str, str] = {}
-    ctx = Context(host_id="hv1", net=vnet, policy=Policy(), version="t", events=sink)
+    ctx = Context(host_id="hv1", net=vnet, policy=Policy(), version="t", events=sink,
+                  virt=conn)  # type: ignore[arg-type]
     w = LibvirtWatcher(conn, ctx, states, reconnect_max_seconds=0.05,  # type: ignore[arg-type]
                        reconnect_min_seconds=0.01)
+    ctx.snapshot_parts = (w.snapshot,)  # as the daemon's wiring does
     await w.start()
     try:
         assert states["libvirt"] == "connected"
-        assert ctx.virt is conn
         d = Dispatcher(build_registry(), ctx)
         await d.execute(parse_request({"op": "network.define",
                                        "args": {"name": "n1", "spec": NAT, "start": True}}))
@@ -460,7 +461,7 @@ async def test_watcher_events_reconnect_and_resync(vnet: FakeNet) -> None:
                                                       ("network.started", "n1")]
         assert sink.events[1][2]["active"] is True
         assert sink.events[1][2]["kind"] == "nat"
-        snap = await ctx.extras["snapshot_providers"][0]()
+        snap = await ctx.snapshot_parts[0]()
         assert [n["name"] for n in snap["networks"]] == ["n1"]
 
         # libvirtd goes away; while it is away n1 stops and n2 appears (started).

@@ -187,7 +187,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert vnetctl.main(["--help"]) == 0
     out = capsys.readouterr().out
     listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ")}
-    assert {"events", "show", "hosts", "apply", "ops", "completion", "call"} <= listed
+    assert {"events", "show", "hosts", "apply", "ops", "completion", "call", "segment"} <= listed
     assert set(OPS_FOR_HELP()) <= listed
     assert "exit status:" in out and "77  forbidden" in out
     assert vnetctl.main(["tap.ensure", "--help"]) == 0

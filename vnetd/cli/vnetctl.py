@@ -40,6 +40,7 @@ from vnetd.cli import events as events_cli
 from vnetd.cli import exits, ophelp
 from vnetd.cli import picture as picture_cli
 from vnetd.cli import render as r
+from vnetd.cli import segment as segment_cli
 from vnetd.cli.exits import EX_FAILED, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from vnetd.cli.render import render
 from vnetd.client import CallTimeout, Reply, VnetClient
@@ -181,10 +182,10 @@ def build_parser() -> Parser:
                    help="progress bar on stderr (auto: when stderr is a terminal)")
     c.set_defaults(remote=cmd_apply, prepare=_prepare_apply)
     c = add("ops", "every op and its arguments")
-    c.set_defaults(local=cmd_ops)
+    c.set_defaults(local=cmd_ops, offline=True)
     c = add("completion", "print the bash completion script (source <(vnetctl completion bash))")
     c.add_argument("shell", nargs="?", default="bash", choices=("bash",))
-    c.set_defaults(local=cmd_completion)
+    c.set_defaults(local=cmd_completion, offline=True)
     c = add("call", "send an op this vnetctl does not know (no local checks)")
     c.add_argument("op", help="the op's name")
     c.add_argument("args", nargs="*", metavar="key=value", help="its arguments")
@@ -203,10 +204,11 @@ def build_parser() -> Parser:
 
 
 Register = Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]
-EXTENSIONS: list[Register] = []
+EXTENSIONS: list[Register] = [segment_cli.register]
 """Extra subcommands from other modules (e.g. cli/segment.py): each gets the subparsers
 and a function adding the common options to its parser, and sets `remote=` (an async
-function of a connected client and the namespace) or `local=` on it. Append here."""
+function of a connected client and the namespace) or `local=` (a function of the namespace,
+with --url already resolved) on it. Append here."""
 
 
 # ------------------------------------------------------------------ config
@@ -423,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EX_USAGE
     try:
-        if getattr(ns, "local", None) is None or ns.command == "events":
+        if not getattr(ns, "offline", False):
             resolve_target(ns, host=ns.command != "events")
         if getattr(ns, "local", None) is not None:
             return int(ns.local(ns))

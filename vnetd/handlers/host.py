@@ -13,8 +13,6 @@ from vnetd.handlers.overlay_views import add_vxlan_views
 from vnetd.handlers.views import views_of
 
 FINE = ("connected", "disabled")
-DETAILS_KEY = "component_details"
-"""ctx.extras entry: a callable giving {component: {since, last_error, ...}} (ComponentStates)."""
 
 
 class ComponentStates(dict[str, str]):
@@ -22,7 +20,7 @@ class ComponentStates(dict[str, str]):
     holds and each component's last error, so that `degraded` comes with its reason.
 
     A plain dict to its writers (`states["libvirt"] = "degraded"`); `note_error` adds
-    the why. Kept by the daemon; read through ctx.extras[DETAILS_KEY].
+    the why. Kept by the daemon; read through ctx.component_details.
     """
 
     def __init__(self, initial: Mapping[str, str] | None = None,
@@ -70,8 +68,8 @@ async def snapshot(cmd: HostSnapshot, ctx: Context) -> dict[str, Any]:
     dumped at the stream position it reports, so the handler's dump is skipped.
     """
     result: dict[str, Any] = {"host_id": ctx.host_id}
-    for provider in ctx.extras.get("snapshot_providers", []):
-        result.update(await provider())
+    for part in ctx.snapshot_parts:
+        result.update(await part())
     if "links" not in result:
         result["links"] = views_of(await ctx.net.list_links())
     await add_vxlan_views(ctx.net, result["links"])
@@ -94,8 +92,7 @@ async def health(cmd: HostHealth, ctx: Context) -> dict[str, Any]:
     }
     if not (missing or bad):
         return result
-    provider = ctx.extras.get(DETAILS_KEY)
-    details: dict[str, dict[str, Any]] = provider() if callable(provider) else {}
+    details = ctx.component_details()
     reasons = [f"kernel: no {k.replace('_', ' ')} support" for k in missing]
     for name, state in sorted(bad.items()):
         d = details.get(name) or {}

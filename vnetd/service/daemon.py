@@ -21,7 +21,7 @@ from vnetd.amqp.retry import RetryPolicy
 from vnetd.config import Settings
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher
-from vnetd.handlers.host import DETAILS_KEY, ComponentStates
+from vnetd.handlers.host import ComponentStates
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
@@ -84,19 +84,24 @@ def build_components(rt: Runtime) -> list[Component]:
     components: list[Component] = [watchdog, metrics, *event_components(rt),
                                    *_libvirt_components(rt)]
     if rt.dispatcher is not None:
-        components.append(CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
-                                           libvirt_enabled=s.libvirt.enabled))
+        cleanup = CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
+                                   libvirt_enabled=s.libvirt.enabled)
+        rt.ctx.cleanup = cleanup.sweeper  # for cleanup.run
+        components.append(cleanup)
     return components
 
 
 def _libvirt_components(rt: Runtime) -> list[Component]:
-    """The libvirt watcher (it also gives handlers ctx.virt) when `[libvirt] enabled`."""
+    """The libvirt watcher, and handlers' ctx.virt and snapshot part, when `[libvirt] enabled`."""
     lv = rt.settings.libvirt
     if not lv.enabled:
         return []
     backend = LibvirtBackend(lv.uri, adopt_unowned=lv.adopt_unowned)
-    return [LibvirtWatcher(backend, rt.ctx, rt.states,
-                           reconnect_max_seconds=lv.reconnect_max_seconds)]
+    watcher = LibvirtWatcher(backend, rt.ctx, rt.states,
+                             reconnect_max_seconds=lv.reconnect_max_seconds)
+    rt.ctx.virt = backend
+    rt.ctx.snapshot_parts += (watcher.snapshot,)
+    return [watcher]
 
 
 def _quarantine(s: Settings) -> Quarantine:
@@ -156,8 +161,8 @@ class Daemon:
         net = NetlinkBackend(s.netlink.netns or None)
         try:
             ctx = Context(host_id=s.host_id, net=net, policy=await self._policy(net),
-                          version=__version__, components=self.component_states)
-            ctx.extras[DETAILS_KEY] = self.component_details
+                          version=__version__, components=self.component_states,
+                          component_details=self.component_details)
             self.notifier.status("starting: connecting to the broker")
             connection = await self.broker.connect()
             rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,

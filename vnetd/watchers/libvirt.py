@@ -55,8 +55,6 @@ class LibvirtWatcher:
 
     # ------------------------------------------------------------ Component
     async def start(self) -> None:
-        self.ctx.virt = self.backend
-        self.ctx.extras.setdefault("snapshot_providers", []).append(self.snapshot)
         self._set_state("connecting")
         if not await self._connect_once(first=True):
             self._lost.set()  # not fatal: the supervisor keeps trying
