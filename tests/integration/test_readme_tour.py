@@ -43,6 +43,7 @@ EXPECT: dict[str, tuple[int, list[str]]] = {
     "vnetctl show": (0, ["├── br-demo  bridge  up  mtu 1450", "│   └── tap-demo0  tap  up",
                          "└── tap-other  tap", "not owned", "network"]),
     "vnetctl show --format svg > host.svg": (0, []),
+    "vnetd cleanup --dry-run": (0, ["dry run, ran in the daemon: "]),
     "vnetctl --json tap.delete name=tap-demo0": (0, ['"deleted": true']),
     "vnetctl bridge.delete name=br-demo": (0, ["deleted: True"]),
     "ip tuntap del dev tap-other mode tap": (0, []),
