@@ -19,6 +19,7 @@ from vnetd.handlers.dispatch import Dispatcher
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.virt.backend import (
+    DomainState,
     NetworkState,
     Reason,
     UpdateAction,
@@ -38,6 +39,7 @@ class FakeVirt:
     calls: list[tuple[str, str]] = field(default_factory=list)
     up: bool = True
     fail_start: VirtError | None = None
+    domains: dict[str, DomainState] = field(default_factory=dict)  # by uuid
     _n: int = 0
 
     @property
@@ -119,6 +121,14 @@ class FakeVirt:
             self.nets[name] = replace(st, persistent=False, autostart=False)
         else:
             del self.nets[name]
+
+    async def list_domains(self) -> list[DomainState]:
+        self._check()
+        return list(self.domains.values())
+
+    async def get_domain(self, uuid: str) -> DomainState | None:
+        self._check()
+        return self.domains.get(uuid)
 
     async def set_autostart(self, name: str, enabled: bool) -> None:
         self._check()
@@ -411,17 +421,19 @@ class FakeConnection(FakeVirt):
         super().__init__()
         self.on_event: Callable[[str, str], None] | None = None
         self.on_close: Callable[[str], None] | None = None
+        self.on_domain: Callable[[str, str, str, str], None] | None = None
         self.opens = 0
         self.refuse = 0
 
     async def open(self, on_event: Callable[[str, str], None],
-                   on_close: Callable[[str], None]) -> None:
+                   on_close: Callable[[str], None],
+                   on_domain: Callable[[str, str, str, str], None] | None = None) -> None:
         if self.refuse:
             self.refuse -= 1
             raise VirtError(Reason.UNAVAILABLE, "connection refused")
         self.up = True
         self.opens += 1
-        self.on_event, self.on_close = on_event, on_close
+        self.on_event, self.on_close, self.on_domain = on_event, on_close, on_domain
 
     async def close(self) -> None:
         self.up = False
