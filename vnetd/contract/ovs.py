@@ -66,7 +66,7 @@ class OvsPortAttach(Command):
     name: IfName
     bridge: IfName
     tag: VlanTag | None = None
-    trunks: list[VlanTag] = Field(default_factory=list, max_length=MAX_TRUNKS)
+    trunks: list[VlanTag] = Field(default=[], max_length=MAX_TRUNKS)  # pydantic copies it
     vlan_mode: VlanMode | None = Field(
         default=None, description="default: access with a tag, trunk without")
     hold_seconds: float | None = Field(
