@@ -63,7 +63,7 @@ class VxlanEnsure(Command):
     op: ClassVar[str] = "vxlan.ensure"
     op_spec: ClassVar[OpSpec] = OpSpec(
         "create a VXLAN device or converge it, optionally in a bridge", exclusive=("name",),
-        shared=("bridge",), subject="name")
+        shared=("bridge",), leases=("name", "bridge"), subject="name")
     name: IfName
     vni: int = Field(ge=1, le=MAX_VNI)
     local: UnicastIp = Field(description="this host's underlay address (source of VXLAN)")
