@@ -79,9 +79,11 @@ async def watched(net: FakeNet) -> Any:
     vnet.add("br-foreign", "bridge")
     conn = FakeConnection()
     sink = RecordingSink()
-    ctx = Context(host_id="hv1", net=vnet, policy=Policy(), version="t", events=sink)
+    ctx = Context(host_id="hv1", net=vnet, policy=Policy(), version="t", events=sink,
+                  virt=conn)  # type: ignore[arg-type]
     w = LibvirtWatcher(conn, ctx, {}, reconnect_max_seconds=0.05,  # type: ignore[arg-type]
                        reconnect_min_seconds=0.01)
+    ctx.snapshot_parts = (w.snapshot,)  # as the daemon's wiring does
     await w.start()
     d = Dispatcher(build_registry(), ctx)
     await d.execute(parse_request({"op": "network.define",
