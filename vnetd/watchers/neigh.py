@@ -117,7 +117,10 @@ class NeighWatcher:
                         self._resync = asyncio.create_task(self._sync(report=True))
                     continue
                 raise
+            devices = self.state.devices
             for mtype, _flags, _seq, payload in w.messages(data):
+                if w.notice_index(payload) not in devices:
+                    continue  # the bridges' FDB churn, other devices: not decoded at all
                 try:
                     notice = w.parse_notice(mtype, payload)
                 except Exception:  # never let one odd message stop the watcher
