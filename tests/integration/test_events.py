@@ -154,7 +154,8 @@ async def test_snapshot_then_events_follow_the_kernel(start_daemon, lab: Lab, ne
         batch = "".join(f"link add sv{i} type veth peer name sw{i}\n" for i in range(100))
         proc = asyncio.create_task(asyncio.to_thread(
             netns_mod._run, ["ip", "-n", netns, "-batch", "-"], input=batch))
-        await asyncio.sleep(0.01)
+        # Snapshot once the changes are visibly under way (the first veth is in events).
+        await sub.wait_type("link.added", "sv0", timeout=30)
         snap = await rpc.call(host, "host.snapshot", {})
         await proc
         follower = LinkFollower()
