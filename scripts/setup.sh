@@ -29,6 +29,7 @@ APT_PACKAGES=(
 APT_TEST_PACKAGES=(
     busybox iputils-ping            # namespace guests: udhcpc, ping
     qemu-system-x86 kmod xz-utils zstd   # real guests: QEMU (TCG); depmod/modprobe/unxz for scripts/guest-image.sh
+    systemd-container               # test_systemd_nspawn.py: systemd-nspawn boots the units under a real systemd
 )
 if [[ ${1:-} == --test ]]; then
     APT_PACKAGES+=("${APT_TEST_PACKAGES[@]}")

@@ -1,4 +1,5 @@
-"""Crashes: kill -9 between side effect and ack, and a poison message that kills every time.
+"""Crashes: kill -9 between side effect and ack, inside device creation, and a poison
+message that kills every time.
 
 The daemon SIGKILLs itself at an exact step through VNETD_FAILPOINTS (see
 vnetd/amqp/failpoints.py), so each test hits the window it means to.
@@ -16,6 +17,7 @@ import pytest
 from tests.support import netns as ns
 from tests.support.daemon import DaemonProcess
 from tests.support.rpc import RawRpc
+from vnetd.net.model import CREATING_GROUP, OWNER_ALIAS
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +70,69 @@ async def test_kill9_between_effect_and_ack_converges_on_redelivery(
     again = await rpc.call(d.host_id, "tap.ensure", {"name": "tap0", "bridge": "br0"})
     assert again["ok"] is True and again["result"]["created"] is False
     assert len(rpc.stray_replies) == (1 if point == "before_ack" else 0), rpc.stray_replies
+
+
+def _no_unmarked_devices(netns: str) -> dict[str, dict[str, Any]]:
+    links = ns.links(netns)
+    unmarked = [n for n, e in links.items() if n != "lo" and e.get("ifalias") != OWNER_ALIAS]
+    assert unmarked == [], links
+    return links
+
+
+@pytest.mark.parametrize("point", ["after_create", "after_mark"])
+async def test_kill9_inside_tap_creation_leaves_no_tap_and_redelivery_creates_it(
+        rpc: RawRpc, start_daemon: Any, netns: str, point: str) -> None:
+    """A TAP is persistent only once marked: a kill before that closes its descriptor
+    and the kernel removes it, so nothing unmarked is left for the redelivery."""
+    d: DaemonProcess = await start_daemon(netns=netns, env={"VNETD_FAILPOINTS": f"{point}:tap"})
+    assert (await rpc.call(d.host_id, "bridge.ensure", {"name": "br0"}))["ok"]
+    call = asyncio.create_task(rpc.call(d.host_id, "tap.ensure", {"name": "tap0", "bridge": "br0"},
+                                        message_id=str(uuid.uuid4()), timeout=60))
+    await _wait_dead(d)
+    assert d.returncode == -9
+    assert ns.link(netns, "tap0") is None  # died with the daemon's descriptor
+    assert set(_no_unmarked_devices(netns)) == {"lo", "br0"}
+
+    d.env.clear()
+    await d.start()
+    reply = await call
+    assert reply["ok"] is True, reply
+    assert reply["result"]["created"] is True  # the redelivery made it, whole
+    k = _no_unmarked_devices(netns)["tap0"]
+    assert k["master"] == "br0" and k["linkinfo"]["info_data"]["pi"] is False
+    sysctl = ns.run_in(netns, "cat", "/proc/sys/net/ipv6/conf/tap0/disable_ipv6").stdout
+    assert sysctl.strip() == "1"
+    assert [n for n in ns.links(netns) if n.startswith("tap")] == ["tap0"]
+
+
+@pytest.mark.parametrize("point", ["after_create", "after_mark"])
+async def test_kill9_inside_bridge_creation_is_finished_by_the_redelivery(
+        rpc: RawRpc, start_daemon: Any, netns: str, point: str) -> None:
+    """A bridge is born in CREATING_GROUP (the kernel ignores an alias in the creating
+    request): what a kill leaves is recognisable as vnetd's, and the redelivery finishes it."""
+    d: DaemonProcess = await start_daemon(netns=netns,
+                                          env={"VNETD_FAILPOINTS": f"{point}:bridge"})
+    call = asyncio.create_task(rpc.call(d.host_id, "bridge.ensure", {"name": "br0", "stp": True},
+                                        message_id=str(uuid.uuid4()), timeout=60))
+    await _wait_dead(d)
+    assert d.returncode == -9
+    left = ns.link(netns, "br0")
+    assert left is not None and left["group"] == str(CREATING_GROUP)
+    # after_create: not marked yet; after_mark: marked, still in the group.
+    assert left.get("ifalias") == (OWNER_ALIAS if point == "after_mark" else None)
+
+    d.env.clear()
+    await d.start()
+    reply = await call
+    assert reply["ok"] is True, reply
+    assert reply["result"]["created"] is True and reply["result"]["owned"] is True
+    links = _no_unmarked_devices(netns)
+    assert set(links) == {"lo", "br0"}  # finished in place: no second bridge
+    br = links["br0"]
+    assert br["group"] == "default" and "UP" in br["flags"]
+    assert br["linkinfo"]["info_data"]["stp_state"] == 1
+    again = await rpc.call(d.host_id, "bridge.ensure", {"name": "br0", "stp": True})
+    assert again["ok"] is True and again["result"]["created"] is False
 
 
 async def test_poison_message_is_dead_lettered_while_other_jobs_flow(

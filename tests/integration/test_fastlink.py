@@ -13,7 +13,8 @@ from pyroute2 import AsyncIPRoute
 from tests.support import netns as netns_mod
 from tests.support.pyroute2_ref import link_from_pyroute2
 from vnetd.contract.errors import Conflict, NotFound
-from vnetd.net.model import OWNER_ALIAS, BridgeOptions, LinkChange, TapSpec
+from vnetd.net import rtnl
+from vnetd.net.model import CREATING_GROUP, OWNER_ALIAS, BridgeOptions, LinkChange, TapSpec
 from vnetd.net.netlink import NetlinkBackend
 
 pytestmark = pytest.mark.integration
@@ -147,3 +148,74 @@ async def test_concurrent_tap_creation_leaks_no_descriptors(netns: str) -> None:
     assert len(os.listdir("/proc/self/fd")) <= before
     names = set(netns_mod.links(netns))
     assert {f"c{i}" for i in range(300)} <= names
+
+
+async def test_creations_are_marked_before_they_can_outlive_us(netns: str) -> None:
+    """What the crash-window design relies on, checked on this kernel: an alias in the
+    creating RTM_NEWLINK is ignored, a group in it is applied; the backend's bridges and
+    TAPs come out marked, in the default group, a TAP persistent with IPv6 off when asked."""
+    net = NetlinkBackend(netns)
+    try:
+        # The kernel's behaviour, through the backend's own socket.
+        link = net._link  # the raw fast path: what the backend builds on
+        await link.create(rtnl.new_bridge_body("kbr", None, None, BridgeOptions(),
+                                               group=CREATING_GROUP)
+                          + rtnl.attr(rtnl.IFLA_IFALIAS, OWNER_ALIAS.encode()))
+        raw = await net.get_link("kbr")
+        assert raw is not None and raw.alias is None and raw.group == CREATING_GROUP
+        assert raw.half_created and not raw.owned
+        await net.finish_creation(raw)
+        done = await net.get_link("kbr")
+        assert done is not None and done.owned and done.group == 0
+
+        await net.add_bridge("cbr", None, None, BridgeOptions(stp=True))
+        await net.add_tap(TapSpec(name="ctap", ipv6=False))
+        await net.add_tap(TapSpec(name="ctap6"))
+        for name in ("cbr", "ctap", "ctap6"):
+            got = await net.get_link(name)
+            assert got is not None and got.owned and got.group == 0, got
+            assert not got.half_created
+        tap = await net.get_link("ctap")
+        assert tap is not None and tap.tun is not None and tap.tun.persistent
+    finally:
+        await net.close()
+    # Still there with the daemon's descriptors closed: persistent.
+    assert netns_mod.link(netns, "ctap") is not None
+    sysctl = netns_mod.run_in(netns, "cat", "/proc/sys/net/ipv6/conf/ctap/disable_ipv6").stdout
+    assert sysctl.strip() == "1"
+    sysctl6 = netns_mod.run_in(netns, "cat", "/proc/sys/net/ipv6/conf/ctap6/disable_ipv6").stdout
+    assert sysctl6.strip() == "0"
+    assert netns_mod.link(netns, "cbr")["group"] == "default"  # type: ignore[index]
+
+
+async def test_a_tap_creation_cut_short_leaves_no_tap(netns: str) -> None:
+    """Anything ending add_tap before TUNSETPERSIST (here a cancellation while the mark is
+    answered: the kernel has created and marked it) closes the descriptor: the TAP is gone."""
+    net = NetlinkBackend(netns)
+    try:
+        await net.add_tap(TapSpec(name="first0"))  # descriptors opened ahead: no await left
+        job = asyncio.create_task(net.add_tap(TapSpec(name="cut0")))
+        await asyncio.sleep(0)  # it runs up to its first wait: the mark's answer
+        mid = netns_mod.link(netns, "cut0")  # (blocking: the job stays where it is)
+        assert mid is not None and mid["ifalias"] == OWNER_ALIAS
+        assert mid["linkinfo"]["info_data"]["persist"] is False
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        assert await net.get_link("cut0") is None
+        assert await net.get_link("first0") is not None
+    finally:
+        await net.close()
+    assert netns_mod.link(netns, "cut0") is None
+
+
+async def test_concurrent_dumps_take_turns(netns: str) -> None:
+    # The kernel refuses a second dump on a socket while one runs (EBUSY); callers
+    # such as a cleanup pass re-checking several bridges at once must not see that.
+    _ip(netns, "link", "add", "fdbr", "type", "bridge")
+    net = NetlinkBackend(netns)
+    try:
+        dumps = await asyncio.gather(*(net.list_links() for _ in range(8)))
+        assert [sorted(link.name for link in d) for d in dumps] == [["fdbr", "lo"]] * 8
+    finally:
+        await net.close()

@@ -55,6 +55,7 @@ def link_from_pyroute2(msg: Any) -> Link:
         bridge=bridge,
         tun=tun_settings,
         carrier_changes=int(msg.get("carrier_changes") or 0),
+        group=int(msg.get("group") or 0),
     )
 
 

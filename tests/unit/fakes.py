@@ -3,8 +3,9 @@
 It keeps the kernel's rules that handlers depend on: names are unique
 (creating a taken name is a Conflict, like EEXIST/EBUSY), an unknown index is
 NotFound (ENODEV), a bridge cannot be a port of a bridge (ELOOP), new devices
-start down and unmarked, and bridge timers are kept in centiseconds as the
-kernel keeps them. Every call is logged so tests can say "nothing changed".
+start down and marked as vnetd's (the backend marks them), and bridge timers
+are kept in centiseconds as the kernel keeps them. Every call is logged so tests
+can say "nothing changed".
 """
 
 from __future__ import annotations
@@ -16,15 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 from vnetd.contract.errors import Conflict, InvalidArgument, NotFound
 from vnetd.net.backend import NetBackend
-from vnetd.net.model import BridgeOptions, BridgeSettings, Link, LinkChange, TapSpec, TunSettings
+from vnetd.net.model import (
+    OWNER_ALIAS,
+    BridgeOptions,
+    BridgeSettings,
+    Link,
+    LinkChange,
+    TapSpec,
+    TunSettings,
+)
 from vnetd.net.overlay import OverlayBackend
 
 if TYPE_CHECKING:
     from tests.unit.fake_overlay import FakeOverlay
 
 MUTATING = frozenset(
-    {"add_bridge", "add_tap", "set_tap_owner", "set_link", "delete_link", "disable_ipv6",
-     "add_vxlan", "apply"}
+    {"add_bridge", "add_tap", "finish_creation", "set_tap_owner", "set_link", "delete_link",
+     "disable_ipv6", "add_vxlan", "apply"}
 )
 Caller = Callable[..., Awaitable[dict[str, Any]]]
 """The `call` fixture: `await call("bridge.ensure", name="br0")` validates and dispatches."""
@@ -51,6 +60,7 @@ class FakeLink:
     alias: str | None = None
     bridge: BridgeSettings | None = None
     tun: TunSettings | None = None
+    group: int = 0
 
     def freeze(self) -> Link:
         return Link(
@@ -66,6 +76,7 @@ class FakeLink:
             alias=self.alias,
             bridge=self.bridge,
             tun=self.tun,
+            group=self.group,
         )
 
 
@@ -108,6 +119,7 @@ class FakeNet:
         multi_queue: bool = False,
         vnet_hdr: bool = False,
         owner_uid: int | None = None,
+        group: int = 0,
     ) -> int:
         """Put a device in place as if someone else (or vnetd, `owned`) had made it."""
         self._require_free(name)
@@ -132,6 +144,7 @@ class FakeNet:
             )
             if kind == "tap"
             else None,
+            group=group,
         )
         return index
 
@@ -225,8 +238,16 @@ class FakeNet:
             kind="bridge",
             mtu=mtu or 1500,
             mac=mac or self._mac(index),
+            alias=OWNER_ALIAS,
             bridge=self._apply_bridge(DEFAULT_BRIDGE, options),
         )
+
+    async def finish_creation(self, link: Link) -> None:
+        await self._io(Call("finish_creation", (link,)))
+        fake = self._require_index(link.index)
+        if fake.alias is None or not fake.alias.startswith("vnetd:"):
+            fake.alias = OWNER_ALIAS
+        fake.group = 0
 
     async def add_tap(self, spec: TapSpec) -> None:
         await self._io(Call("add_tap", (spec,)))
@@ -238,6 +259,7 @@ class FakeNet:
             name=spec.name,
             kind="tap",
             mac=self._mac(index),
+            alias=OWNER_ALIAS,
             tun=TunSettings(
                 mode="tap",
                 owner_uid=spec.owner_uid,
@@ -247,6 +269,8 @@ class FakeNet:
                 persistent=True,
             ),
         )
+        if not spec.ipv6:
+            self.ipv6_disabled.add(spec.name)
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         await self._io(Call("set_tap_owner", (spec,)))
@@ -290,6 +314,8 @@ class FakeNet:
             link.master = master.index if master else None
         if change.up is not None:
             link.up = change.up
+        if change.group is not None:
+            link.group = change.group
         if change.bridge is not None and link.bridge is not None:
             link.bridge = self._apply_bridge(link.bridge, change.bridge)
 

@@ -6,7 +6,7 @@ import pytest
 
 from tests.unit.fakes import Caller, FakeNet
 from vnetd.contract.errors import Conflict, Forbidden
-from vnetd.net.model import OWNER_PREFIX
+from vnetd.net.model import CREATING_GROUP, OWNER_PREFIX
 
 
 async def test_ensure_creates_marks_and_brings_up(net: FakeNet, call: Caller) -> None:
@@ -154,4 +154,31 @@ async def test_list_shows_bridges_with_sorted_ports(net: FakeNet, call: Caller) 
     assert table["br0"]["owned"] is True
     assert table["virbr0"]["ports"] == ["vnet0"]
     assert table["virbr0"]["owned"] is False
+    assert net.mutations() == []
+
+
+async def test_ensure_finishes_a_bridge_whose_creation_a_kill_cut_short(net: FakeNet,
+                                                                      call: Caller) -> None:
+    """A kill between creation and mark leaves the bridge unmarked in CREATING_GROUP (and
+    one between mark and leaving the group, marked in it): the redelivered job finishes it."""
+    net.add("br0", "bridge", group=CREATING_GROUP, up=False)
+    net.add("br1", "bridge", owned=True, group=CREATING_GROUP, up=False)
+    for name in ("br0", "br1"):
+        result = await call("bridge.ensure", name=name, stp=True)
+        br = net.by_name(name)
+        assert (br.alias, br.group, br.up) == ("vnetd:v1", 0, True)
+        assert br.bridge is not None and br.bridge.stp is True
+        assert result["created"] is True and result["owned"] is True
+    assert [c.method for c in net.mutations()].count("add_bridge") == 0
+    assert len(net.links) == 2
+
+
+async def test_only_a_bridge_in_the_creation_group_is_finished(net: FakeNet,
+                                                             call: Caller) -> None:
+    net.add("br0", "tap", group=CREATING_GROUP, up=False)
+    with pytest.raises(Conflict):
+        await call("bridge.ensure", name="br0")
+    net.add("br1", "bridge", group=7, up=False)  # someone else's group: not a marker
+    with pytest.raises(Forbidden):
+        await call("bridge.ensure", name="br1")
     assert net.mutations() == []

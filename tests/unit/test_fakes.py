@@ -6,20 +6,30 @@ import pytest
 
 from tests.unit.fakes import FakeNet
 from vnetd.contract.errors import Conflict, InvalidArgument, NotFound
-from vnetd.net.model import BridgeOptions, LinkChange, TapSpec
+from vnetd.net.model import CREATING_GROUP, BridgeOptions, LinkChange, TapSpec
 
 
-async def test_new_devices_are_down_and_unmarked(net: FakeNet) -> None:
+async def test_new_devices_are_down_and_marked(net: FakeNet) -> None:
     await net.add_bridge("br0", None, None, BridgeOptions(stp=True))
-    await net.add_tap(TapSpec(name="tap0", multi_queue=True))
+    await net.add_tap(TapSpec(name="tap0", multi_queue=True, ipv6=False))
     br, tap = await net.get_link("br0"), await net.get_link("tap0")
     assert br is not None
     assert tap is not None
-    assert (br.kind, br.up, br.owned, br.bridge and br.bridge.stp) == ("bridge", False, False,
+    assert (br.kind, br.up, br.owned, br.bridge and br.bridge.stp) == ("bridge", False, True,
                                                                        True)
     assert (tap.kind, tap.up, tap.owned, tap.tun and tap.tun.multi_queue) == ("tap", False,
-                                                                              False, True)
+                                                                              True, True)
     assert br.index != tap.index
+    assert net.ipv6_disabled == {"tap0"}
+
+
+async def test_finish_creation_marks_and_leaves_the_group(net: FakeNet) -> None:
+    index = net.add("br0", "bridge", group=CREATING_GROUP, up=False)
+    before = await net.get_link("br0")
+    assert before is not None and before.half_created and not before.owned
+    await net.finish_creation(before)
+    after = await net.get_link_by_index(index)
+    assert after is not None and after.owned and not after.half_created
 
 
 async def test_taken_names_conflict(net: FakeNet) -> None:

@@ -206,3 +206,17 @@ async def test_views_show_vxlan(call: Caller, net: FakeNet, overlay: FakeOverlay
     assert seg["vxlan"][0]["name"] == "vx1" and seg["vxlan"][0]["remotes"] == 2
     snap = await call("host.snapshot")
     assert next(v for v in snap["links"] if v["name"] == "vx1")["vxlan"]["vni"] == 5
+
+
+async def test_bridge_and_tap_mtu_the_underlay_cannot_carry(call: Caller, net: FakeNet,
+                                                            overlay: FakeOverlay) -> None:
+    await call("vxlan.ensure", name="vx1", vni=5, local=LOCAL, bridge="br-seg")
+    net.by_name("br-seg").mtu = 1450  # the kernel lowers a bridge's MTU to its new port's
+    net.forget_calls()
+    with pytest.raises(InvalidArgument, match=r"bridge br-seg.*MTU 1500.*u0 has MTU 1500.*1450"):
+        await call("bridge.ensure", name="br-seg", mtu=1500)
+    with pytest.raises(InvalidArgument, match=r"tap tap0.*MTU 9000.*at most 1450"):
+        await call("tap.ensure", name="tap0", bridge="br-seg", mtu=9000)
+    assert net.mutations() == []
+    assert (await call("tap.ensure", name="tap0", bridge="br-seg", mtu=1450))["mtu"] == 1450
+    assert (await call("bridge.ensure", name="br-seg", mtu=1400))["mtu"] == 1400

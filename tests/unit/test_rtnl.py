@@ -2,7 +2,7 @@
 
 Messages are encoded by pyroute2 with every attribute the fast path or the
 monitor reads (name, mtu, mac, flags, operstate, carrier, carrier changes,
-master, alias, linkinfo kind and the bridge/tun data), plus attributes nobody
+master, alias, group, linkinfo kind and the bridge/tun data), plus attributes nobody
 reads; both consumers' decodes must equal pyroute2's. The request encoders go
 the other way: what they build, pyroute2 must read back as meant.
 """
@@ -18,7 +18,7 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from tests.support.pyroute2_ref import decode_with_pyroute2, link_from_pyroute2
 from vnetd.net import fastlink, monitor, rtnl
-from vnetd.net.model import BridgeOptions, Link, LinkChange
+from vnetd.net.model import CREATING_GROUP, BridgeOptions, Link, LinkChange
 
 OPER = ["UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP"]
 printable = st.characters(min_codepoint=33, max_codepoint=126)
@@ -28,6 +28,7 @@ u32 = st.integers(0, 2**32 - 1)
 def encode_link(index: int, name: str, *, mtu: int = 1500, mac: str | None = None,
                 flags: int = 0, oper: str = "DOWN", carrier: int = 0,
                 carrier_changes: int | None = None, master: int | None = None,
+                group: int | None = None,
                 alias: str | None = None, linkinfo: dict[str, Any] | None = None,
                 extra: bool = False, mtype: int = rtnl.RTM_NEWLINK) -> bytes:
     m = ifinfmsg()
@@ -37,10 +38,12 @@ def encode_link(index: int, name: str, *, mtu: int = 1500, mac: str | None = Non
     attrs: list[tuple[str, object]] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu),
                                        ("IFLA_OPERSTATE", oper), ("IFLA_CARRIER", carrier)]
     if extra:  # attributes no consumer reads: the walker must step over them
-        attrs += [("IFLA_TXQLEN", 1000), ("IFLA_GROUP", 7), ("IFLA_PROMISCUITY", 0),
+        attrs += [("IFLA_TXQLEN", 1000), ("IFLA_PROMISCUITY", 0),
                   ("IFLA_QDISC", "noqueue"), ("IFLA_BROADCAST", "ff:ff:ff:ff:ff:ff")]
     if carrier_changes is not None:
         attrs.append(("IFLA_CARRIER_CHANGES", carrier_changes))
+    if group is not None:
+        attrs.append(("IFLA_GROUP", group))
     if mac is not None:
         attrs.append(("IFLA_ADDRESS", mac))
     if master is not None:
@@ -107,10 +110,11 @@ def check(raw: bytes) -> Link:
 
 def test_a_tap_with_everything() -> None:
     link = check(encode_link(7, "tap0", mtu=1450, mac="4a:36:c4:41:f1:fa", flags=1,
-                             carrier=1, carrier_changes=3, master=3, alias="vnetd:v1",
+                             carrier=1, carrier_changes=3, master=3, alias="vnetd:v1", group=9,
                              linkinfo=tun_info(group=36), extra=True))
     assert link.kind == "tap" and link.owned and link.master == 3
     assert link.carrier_changes == 3  # the monitor's old copy dropped it
+    assert link.group == 9
     assert link.tun is not None and (link.tun.owner_uid, link.tun.group_gid) == (107, 36)
 
 
@@ -143,6 +147,7 @@ kinds = st.sampled_from(["tap", "tun", "bridge", "veth", "vxlan", None])
        oper=st.sampled_from(OPER), carrier=st.integers(0, 1),
        carrier_changes=st.none() | u32,
        master=st.none() | st.integers(0, 2**31 - 1),
+       group=st.none() | u32 | st.just(CREATING_GROUP),
        alias=st.none() | st.text(printable, min_size=1, max_size=60),
        mac=st.none() | st.binary(min_size=6, max_size=6).map(
            lambda b: ":".join(f"{x:02x}" for x in b)),
@@ -152,16 +157,18 @@ kinds = st.sampled_from(["tap", "tun", "bridge", "veth", "vxlan", None])
                      st.integers(0, 1), st.integers(0, 1), st.integers(0, 1)))
 def test_any_link_decodes_like_pyroute2(
         index: int, name: str, mtu: int, flags: int, oper: str, carrier: int,
-        carrier_changes: int | None, master: int | None, alias: str | None, mac: str | None,
+        carrier_changes: int | None, master: int | None, group: int | None,
+        alias: str | None, mac: str | None,
         kind: str | None, extra: bool, br: tuple[int, int, int, int],
         tun: tuple[int, int | None, int | None, int, int, int]) -> None:
     info = {"tap": tun_info(2, *tun[1:]), "tun": tun_info(*tun), "bridge": bridge_info(*br),
             "veth": {"attrs": [("IFLA_INFO_KIND", "veth")]},
             "vxlan": {"attrs": [("IFLA_INFO_KIND", "vxlan")]}, None: None}[kind]
     raw = encode_link(index, name, mtu=mtu, flags=flags, oper=oper, carrier=carrier,
-                      carrier_changes=carrier_changes, master=master, alias=alias, mac=mac,
-                      linkinfo=info, extra=extra)
-    check(raw)
+                      carrier_changes=carrier_changes, master=master, group=group, alias=alias,
+                      mac=mac, linkinfo=info, extra=extra)
+    link = check(raw)
+    assert link.half_created == (group == CREATING_GROUP)
 
 
 # ------------------------------------------------------------ the encoders
@@ -186,7 +193,7 @@ bridge_options = st.builds(BridgeOptions, stp=opt_flag, forward_delay=opt_timer,
            mac=st.none() | st.binary(min_size=6, max_size=6).map(
                lambda b: ":".join(f"{x:02x}" for x in b)),
            up=opt_flag, master=st.none() | st.integers(0, 2**31 - 1),
-           bridge=st.none() | bridge_options),
+           bridge=st.none() | bridge_options, group=st.none() | u32),
        rename=st.none() | st.text(printable, min_size=1, max_size=15))
 def test_change_body_reads_back_in_pyroute2(index: int, change: LinkChange,
                                             rename: str | None) -> None:
@@ -197,6 +204,7 @@ def test_change_body_reads_back_in_pyroute2(index: int, change: LinkChange,
     assert msg.get("mtu") == change.mtu
     assert msg.get("address") == change.mac
     assert msg.get("master") == change.master
+    assert msg.get("group") == change.group
     if change.up is None:
         assert msg["change"] == 0
     else:
@@ -225,12 +233,13 @@ def _check_bridge_data(data: Any, options: BridgeOptions) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(name=st.text(printable, min_size=1, max_size=15), mtu=st.none() | st.integers(68, 9000),
-       mac=st.none() | st.just("02:00:00:00:00:01"), options=bridge_options)
+       mac=st.none() | st.just("02:00:00:00:00:01"), options=bridge_options,
+       group=st.none() | st.just(CREATING_GROUP))
 def test_new_bridge_body_reads_back_in_pyroute2(name: str, mtu: int | None, mac: str | None,
-                                                options: BridgeOptions) -> None:
-    msg = parse_request(rtnl.new_bridge_body(name, mtu, mac, options))
-    assert (msg["index"], msg.get("ifname"), msg.get("mtu"), msg.get("address")) == (
-        0, name, mtu, mac)
+                                                options: BridgeOptions, group: int | None) -> None:
+    msg = parse_request(rtnl.new_bridge_body(name, mtu, mac, options, group=group))
+    assert (msg["index"], msg.get("ifname"), msg.get("mtu"), msg.get("address"),
+            msg.get("group")) == (0, name, mtu, mac, group)
     assert msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
     _check_bridge_data(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA"), options)
 

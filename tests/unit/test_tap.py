@@ -50,10 +50,12 @@ async def test_ensure_without_bridge(net: FakeNet, call: Caller) -> None:
 async def test_ipv6_is_disabled_on_create(net: FakeNet, call: Caller) -> None:
     await call("tap.ensure", name="tap0")
     assert net.ipv6_disabled == {"tap0"}
-    # Before the TAP goes up, so no link-local address ever appears.
-    steps = [c.method if c.method != "set_link" or c.args[1].up is not True else "up"
-             for c in net.mutations()]
-    assert steps == ["add_tap", "set_link", "disable_ipv6", "up"]
+    # Asked of the creation itself (before the TAP can go up, so no link-local
+    # address ever appears), and marked by it: nothing else before "up".
+    (create, up) = net.mutations()
+    assert create.method == "add_tap" and create.args[0].ipv6 is False
+    assert up.method == "set_link" and up.args[1].up is True
+    assert net.by_name("tap0").alias == "vnetd:v1"
 
 
 async def test_ipv6_is_kept_when_asked(net: FakeNet, call: Caller) -> None:
@@ -135,7 +137,8 @@ async def test_owner_change_on_an_existing_tap(net: FakeNet, call: Caller) -> No
     net.forget_calls()
     result = await call("tap.ensure", name="tap0", owner_uid=108, group_gid=36)
     assert [c.method for c in net.mutations()] == ["set_tap_owner"]
-    assert net.mutations()[0].args == (TapSpec(name="tap0", owner_uid=108, group_gid=36),)
+    assert net.mutations()[0].args == (TapSpec(name="tap0", owner_uid=108, group_gid=36,
+                                               ipv6=False),)
     tun = net.by_name("tap0").tun
     assert tun is not None
     assert (tun.owner_uid, tun.group_gid) == (108, 36)

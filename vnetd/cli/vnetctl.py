@@ -30,6 +30,7 @@ from aio_pika.exceptions import AMQPConnectionError
 
 from vnetd.cli import events as events_cli
 from vnetd.cli import render as r
+from vnetd.cli import segment as segment_cli
 from vnetd.cli.render import render
 from vnetd.client import CallTimeout, Reply, VnetClient
 from vnetd.contract import commands as contract
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if events_cli.wants(argv):  # `vnetctl events ...`: its own options (vnetd/cli/events.py)
         return events_cli.main(argv, _config_defaults()[0])
+    if segment_cli.wants(argv):  # `vnetctl segment ensure ...` (vnetd/cli/segment.py)
+        return segment_cli.main(argv, _config_defaults()[0])
     ns = _parser().parse_args(argv)
     try:
         if ns.op in LOCAL:

@@ -7,10 +7,11 @@ from typing import Any
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
 from vnetd.contract.errors import NotFound, Unsupported
 from vnetd.handlers.context import Context
+from vnetd.handlers.overlay_mtu import check_overlay_mtu
 from vnetd.handlers.overlay_views import add_bridge_vxlans
 from vnetd.handlers.policy import require_kind
 from vnetd.handlers.views import bridge_table, view_of
-from vnetd.net.model import OWNER_ALIAS, BridgeOptions, Link, LinkChange
+from vnetd.net.model import BridgeOptions, Link, LinkChange
 
 
 def _same_timer(wanted: float, have: float) -> bool:
@@ -41,7 +42,13 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
     ctx.policy.check_protected(cmd.name, "create or change")
     link = await ctx.net.get_link(cmd.name)
     created = False
-    if link is None:
+    if link is not None and link.half_created and link.kind == "bridge":
+        # vnetd's own creation that a kill cut short (net/model.py CREATING_GROUP):
+        # this (redelivered) job finishes it.
+        await ctx.net.finish_creation(link)
+        link = await _gone_is_not_found(ctx, cmd.name)
+        created = True
+    elif link is None:
         # MTU is set after creation, not in RTM_NEWLINK: only a changed MTU counts as
         # "set by the user" for the kernel, which otherwise lowers it to the ports'.
         try:
@@ -50,13 +57,14 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
                 vlan_filtering=cmd.vlan_filtering))
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
+        # Created marked as vnetd's (the backend does it before anything else).
         link = await _gone_is_not_found(ctx, cmd.name)
-        # Mark it ours before anything else; the kernel ignores an alias on creation.
-        await ctx.net.set_link(link.index, LinkChange(alias=OWNER_ALIAS))
         created = True
     else:
         require_kind(link, "bridge")
         ctx.policy.require_owned(link, "change")
+        if cmd.mtu is not None and cmd.mtu != link.mtu:
+            await check_overlay_mtu(ctx, link, cmd.mtu, f"bridge {cmd.name}")
     change = LinkChange(
         mtu=cmd.mtu if cmd.mtu is not None and cmd.mtu != link.mtu else None,
         mac=cmd.mac if cmd.mac is not None and cmd.mac != link.mac else None,

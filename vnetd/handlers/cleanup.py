@@ -8,7 +8,10 @@ What is an orphan (each rule switchable in `[cleanup]`, each with its grace):
 - `bridge.empty`: an owned bridge with no ports, for longer than
   `bridge_grace_seconds`, that no libvirt network or domain references;
 - `network.ttl`: an owned transient libvirt network past the time-to-live it
-  was given when it was created.
+  was given when it was created;
+- `vxlan.orphan`: an owned VXLAN device attached to no bridge (its bridge is
+  gone, so it carries no guest's traffic), for longer than
+  `bridge_grace_seconds` (switched with the bridge rule).
 Devices vnetd does not own (no `vnetd:` alias) and protected ones are never
 looked at.
 
@@ -18,7 +21,7 @@ created or used it less than `lease_seconds` ago, or holds it with
 reference, or libvirt references being unknown (libvirtd down).
 
 Check and delete are as close as netlink allows: right before deleting, the
-sweep takes the per-name lock jobs take (`link:<name>`), reads the device
+sweep takes the per-name lock jobs take (`link_lock(name)`), reads the device
 again, checks that it is the same device (same index, still ours), still idle,
 and still not leased, then deletes it by index.
 
@@ -48,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from vnetd import metrics
+from vnetd.contract.base import link_lock
 from vnetd.contract.cleanup import CleanupRun
 from vnetd.contract.errors import NotFound, Unavailable, VnetdError
 from vnetd.contract.events import EventSink
@@ -65,6 +69,7 @@ log = structlog.get_logger("vnetd.cleanup")
 TAP_RULE = "tap.idle"
 BRIDGE_RULE = "bridge.empty"
 NETWORK_RULE = "network.ttl"
+VXLAN_RULE = "vxlan.orphan"
 PARALLEL = 256
 """Devices re-checked and removed (or clocks written) at once."""
 _MARKER = re.compile(r"^(vnetd:\S*) idle=(\d+(?:\.\d+)?)/(\d+)$")
@@ -202,6 +207,8 @@ class Sweeper:
             return TAP_RULE
         if link.kind == "bridge" and self.rules.bridges:
             return BRIDGE_RULE
+        if link.kind == "vxlan" and self.rules.bridges:
+            return VXLAN_RULE
         return None
 
     def _grace(self, rule: str) -> float:
@@ -211,6 +218,8 @@ class Sweeper:
     def _in_use(link: Link, rule: str, ports: Counter[int]) -> str | None:
         if rule == TAP_RULE:
             return "held open by a process (carrier on)" if link.carrier else None
+        if rule == VXLAN_RULE:
+            return "attached to a bridge" if link.master else None
         n = ports[link.index]
         return f"has {n} port(s)" if n else None
 
@@ -238,7 +247,7 @@ class Sweeper:
             report.checked += 1
             if self._in_use(link, rule, ports):
                 report.in_use += 1
-                if rule == BRIDGE_RULE and parse_marker(link.alias) is not None:
+                if rule != TAP_RULE and parse_marker(link.alias) is not None:
                     clears.append(link)
                 continue
             since, stored = self._idle_since(link, rule, now)
@@ -299,7 +308,7 @@ class Sweeper:
     async def _remove(self, cand: _Candidate, refs: dict[str, str] | None,
                       refs_problem: str | None, report: Report) -> None:
         link, entry = cand.link, cand.entry
-        async with self.locks.hold((f"link:{link.name}",)):
+        async with self.locks.hold((link_lock(link.name),)):
             reason = await self._recheck(cand, refs, refs_problem)
             if reason is None:
                 try:
@@ -335,6 +344,9 @@ class Sweeper:
         if cand.rule == TAP_RULE:
             if now_.carrier or now_.carrier_changes != link.carrier_changes:
                 return "in use at the re-check (a process opened it)"
+        elif cand.rule == VXLAN_RULE:
+            if now_.master is not None:
+                return "attached to a bridge at the re-check"
         else:
             ports = [p.name for p in await self.net.list_links() if p.master == link.index]
             if ports:
@@ -347,7 +359,7 @@ class Sweeper:
 
     async def _write_clock(self, link: Link, alias: str) -> None:
         """Store (or clear) the idle clock in the device's own alias, if it is still it."""
-        async with self.locks.hold((f"link:{link.name}",)):
+        async with self.locks.hold((link_lock(link.name),)):
             try:
                 now_ = await self.net.get_link(link.name)
                 if now_ is None or now_.index != link.index or not now_.owned:
@@ -394,14 +406,9 @@ class Sweeper:
             log.info("cleanup_removed", kind="network", network=name, rule=NETWORK_RULE)
 
 
-SWEEPER_KEY = "cleanup"
-"""Where the daemon puts its Sweeper in Context.extras, for the cleanup.run handler."""
-
-
 async def run(cmd: CleanupRun, ctx: Context) -> dict[str, Any]:
     """cleanup.run: one sweep now (dry_run: only say what would be removed)."""
-    sweeper = ctx.extras.get(SWEEPER_KEY)
-    if not isinstance(sweeper, Sweeper):
+    if ctx.cleanup is None:
         raise Unavailable("cleanup is not set up in this daemon")
-    return await sweeper.sweep(cmd.dry_run)
+    return await ctx.cleanup.sweep(cmd.dry_run)
 

@@ -17,8 +17,8 @@ async def snapshot(cmd: HostSnapshot, ctx: Context) -> dict[str, Any]:
     dumped at the stream position it reports, so the handler's dump is skipped.
     """
     result: dict[str, Any] = {"host_id": ctx.host_id}
-    for provider in ctx.extras.get("snapshot_providers", []):
-        result.update(await provider())
+    for part in ctx.snapshot_parts:
+        result.update(await part())
     if "links" not in result:
         result["links"] = views_of(await ctx.net.list_links())
     await add_vxlan_views(ctx.net, result["links"])

@@ -7,14 +7,15 @@ from typing import Any
 from vnetd.contract.commands import TapDelete, TapEnsure
 from vnetd.contract.errors import Conflict, Forbidden
 from vnetd.handlers.context import Context
+from vnetd.handlers.overlay_mtu import check_overlay_mtu
 from vnetd.handlers.policy import require_kind, require_link
 from vnetd.handlers.views import view_of
-from vnetd.net.model import OWNER_ALIAS, Link, LinkChange, TapSpec
+from vnetd.net.model import Link, LinkChange, TapSpec
 
 
 def _spec(cmd: TapEnsure) -> TapSpec:
     return TapSpec(name=cmd.name, owner_uid=cmd.owner_uid, group_gid=cmd.group_gid,
-                   multi_queue=cmd.multi_queue, vnet_hdr=cmd.vnet_hdr)
+                   multi_queue=cmd.multi_queue, vnet_hdr=cmd.vnet_hdr, ipv6=cmd.ipv6)
 
 
 def _check_fixed_flags(cmd: TapEnsure, link: Link) -> None:
@@ -41,16 +42,15 @@ async def _target_bridge(cmd: TapEnsure, ctx: Context) -> Link | None:
 async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
     ctx.policy.check_protected(cmd.name, "create or change")
     bridge = await _target_bridge(cmd, ctx)  # checked before any side effect
+    if bridge is not None and cmd.mtu is not None:
+        await check_overlay_mtu(ctx, bridge, cmd.mtu, f"tap {cmd.name}")
     link = await ctx.net.get_link(cmd.name)
     created = owner_changed = False
     if link is None:
+        # Marked ours (and IPv6 off unless asked) before it can outlive a crash, so
+        # a retry after any later failure converges.
         await ctx.net.add_tap(_spec(cmd))
         link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "tap")
-        # Mark it ours at once, so a retry after any later failure converges.
-        await ctx.net.set_link(link.index, LinkChange(alias=OWNER_ALIAS))
-        if not cmd.ipv6:
-            # Before it is up: no IPv6 link-local address ever appears (OSSN-0069).
-            await ctx.net.disable_ipv6(cmd.name)
         created = True
     else:
         require_kind(link, "tap")

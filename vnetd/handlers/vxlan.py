@@ -8,7 +8,6 @@ from typing import Any
 from vnetd.contract.errors import Conflict, InvalidArgument
 from vnetd.contract.overlay import VxlanDelete, VxlanEnsure
 from vnetd.handlers.context import Context
-from vnetd.handlers.overlay_state import state_of
 from vnetd.handlers.overlay_views import vxlan_view
 from vnetd.handlers.policy import require_kind, require_link
 from vnetd.handlers.views import view_of
@@ -42,7 +41,7 @@ def mtu_limit(underlay: Link, local: str) -> tuple[int, int]:
     return underlay.mtu - cost, cost
 
 
-def _check_mtu(what: str, mtu: int, underlay: Link, local: str) -> None:
+def check_mtu(what: str, mtu: int, underlay: Link, local: str) -> None:
     limit, cost = mtu_limit(underlay, local)
     if mtu > limit:
         family = "IPv4" if ipaddress.ip_address(local).version == 4 else "IPv6"
@@ -72,7 +71,7 @@ async def ensure(cmd: VxlanEnsure, ctx: Context) -> dict[str, Any]:
     underlay = await underlay_of(ctx, cmd.local, cmd.dev)
     limit, _ = mtu_limit(underlay, cmd.local)
     if cmd.mtu is not None:
-        _check_mtu(f"vxlan {cmd.name}", cmd.mtu, underlay, cmd.local)
+        check_mtu(f"vxlan {cmd.name}", cmd.mtu, underlay, cmd.local)
     link = await ctx.net.get_link(cmd.name)
     created = False
     if link is not None:
@@ -88,7 +87,7 @@ async def ensure(cmd: VxlanEnsure, ctx: Context) -> dict[str, Any]:
                            fields=differ)
     else:
         if limit < 68:
-            _check_mtu(f"vxlan {cmd.name}", 68, underlay, cmd.local)
+            check_mtu(f"vxlan {cmd.name}", 68, underlay, cmd.local)
         await overlay.add_vxlan(VxlanSpec(
             name=cmd.name, vni=cmd.vni, local=cmd.local,
             link=underlay.index if cmd.dev is not None else None, port=cmd.dstport,
@@ -122,6 +121,6 @@ async def delete(cmd: VxlanDelete, ctx: Context) -> dict[str, Any]:
     require_kind(link, "vxlan")
     ctx.policy.require_owned(link, "delete")
     # Its entries go with it: not drift, so the watcher must not report them.
-    state_of(ctx.extras).forget(link.index)
+    ctx.overlay.forget(link.index)
     await ctx.net.delete_link(link.index)
     return {"name": cmd.name, "deleted": True}

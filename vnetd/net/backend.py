@@ -25,10 +25,16 @@ class NetBackend(Protocol):
 
     async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
                          options: BridgeOptions) -> None:
-        """Create a bridge (down, unmarked); raises Conflict if the name is taken."""
+        """Create a bridge (down), marked as vnetd's; Conflict if the name is taken.
+
+        A kill midway leaves at most a `half_created` bridge (see finish_creation)."""
+
+    async def finish_creation(self, link: Link) -> None:
+        """Finish a creation a kill cut short (`link.half_created`): mark, leave the group."""
 
     async def add_tap(self, spec: TapSpec) -> None:
-        """Create a persistent TAP device (down, unmarked)."""
+        """Create a persistent TAP device (down), marked as vnetd's, IPv6 disabled
+        unless `spec.ipv6`; a kill midway leaves no TAP at all."""
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         """Change owner/group of an existing persistent TAP no process holds."""

@@ -22,7 +22,7 @@ import socket
 from dataclasses import dataclass, field
 
 from vnetd.net import rtnl
-from vnetd.net.model import BridgeOptions, Link, LinkChange
+from vnetd.net.model import Link, LinkChange
 from vnetd.net.rtnl import (
     NLM_F_ACK,
     NLM_F_CREATE,
@@ -107,6 +107,9 @@ class FastLink:
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # The kernel runs one dump per socket at a time and answers a second one
+        # with EBUSY (netlink_dump_start): concurrent callers take turns.
+        self._dump_turn = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -217,15 +220,18 @@ class FastLink:
         return _one_link(await self.request(RTM_GETLINK, 0, rtnl.get_by_index_body(index)))
 
     async def dump_links(self) -> list[Link]:
-        return await self.request(RTM_GETLINK, NLM_F_DUMP, rtnl.dump_body()) or []
+        async with self._dump_turn:
+            return await self.request(RTM_GETLINK, NLM_F_DUMP, rtnl.dump_body()) or []
 
     async def set_link(self, index: int, change: LinkChange) -> None:
         await self.request(RTM_NEWLINK, NLM_F_ACK, rtnl.change_body(index, change))
 
-    async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
-                         options: BridgeOptions) -> None:
-        await self.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                           rtnl.new_bridge_body(name, mtu, mac, options))
+    async def set_link_by_name(self, name: str, change: LinkChange) -> None:
+        await self.request(RTM_NEWLINK, NLM_F_ACK, rtnl.change_body(0, change, name=name))
+
+    async def create(self, body: bytes) -> None:
+        """RTM_NEWLINK with NLM_F_CREATE | NLM_F_EXCL: EEXIST when the name is taken."""
+        await self.request(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body)
 
     async def delete_link(self, index: int) -> None:
         await self.request(RTM_DELLINK, NLM_F_ACK, rtnl.ifinfo(index))

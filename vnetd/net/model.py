@@ -14,6 +14,18 @@ without any database, and `ip link` shows it to operators.
 
 OWNER_ALIAS = OWNER_PREFIX + "v1"
 
+CREATING_GROUP = 0x766E6400
+"""The interface group ("vnd\\0", 1986880512) a device vnetd creates over netlink
+is born in, named in the creating request itself.
+
+The kernel ignores an alias in a creating RTM_NEWLINK, so the alias can only
+come in a second request; a device in this group and without the alias is one
+whose creation by vnetd was cut short (a kill between the two requests), and
+the next ensure of its name finishes it (marks it, then leaves the group). A
+TAP needs no group: it is created non-persistent and made persistent only
+once marked (net/netlink.py). Nobody else is expected to use this number.
+"""
+
 
 def is_owned_alias(alias: str | None) -> bool:
     return alias is not None and alias.startswith(OWNER_PREFIX)
@@ -60,11 +72,18 @@ class Link:
     carrier_changes: int = 0
     """How often the carrier went on or off (IFLA_CARRIER_CHANGES): for a TAP, a
     process attaching or detaching. A changed count means "used since last seen"."""
+    group: int = 0
+    """Interface group (IFLA_GROUP); 0 is the kernel's default."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def owned(self) -> bool:
         return is_owned_alias(self.alias)
+
+    @property
+    def half_created(self) -> bool:
+        """Created by vnetd, creation not finished (see CREATING_GROUP)."""
+        return self.group == CREATING_GROUP
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +128,14 @@ class LinkChange:
     master: int | None = None
     """Index of the new master; 0 detaches from the current one."""
     bridge: BridgeOptions | None = None
+    group: int | None = None
+    """Interface group; 0 is the kernel's default."""
 
     def is_empty(self) -> bool:
         return (
             self.alias is None and self.mtu is None and self.mac is None and self.up is None
             and self.master is None and (self.bridge is None or self.bridge.is_empty())
+            and self.group is None
         )
 
 
@@ -124,3 +146,5 @@ class TapSpec:
     group_gid: int | None = None
     multi_queue: bool = False
     vnet_hdr: bool = False
+    ipv6: bool = True
+    """False: IPv6 is disabled on the TAP at creation, before anything can bring it up."""

@@ -4,6 +4,14 @@ The only module of vnetd that imports pyroute2. The hot rtnetlink requests go
 through `fastlink.FastLink` (a raw socket opened inside the target namespace
 once at start); route dumps through pyroute2's AsyncIPRoute, opened on first
 use; TAP creation and sysctls through the namespace worker thread.
+
+Creation and ownership (docs/contract.md, "Ownership and policy"): a device
+must never outlive the daemon unmarked. A TAP is created non-persistent on a
+descriptor we hold, marked, then made persistent (a kill before that closes
+the descriptor and the kernel removes the TAP). A device created over netlink
+(a bridge) is born in `CREATING_GROUP` (the kernel applies IFLA_GROUP in the
+creating request but ignores IFLA_IFALIAS there), marked, then leaves the
+group; the next ensure of its name finishes one a kill left in the group.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any, TypeVar
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from vnetd import failpoints
 from vnetd.contract.errors import (
     Conflict,
     Forbidden,
@@ -31,7 +40,7 @@ from vnetd.contract.errors import (
 )
 from vnetd.net import fastlink, rtnl, tun
 from vnetd.net.fastlink import DumpInterrupted, FastLink, NetlinkRequestError
-from vnetd.net.model import BridgeOptions, Link, LinkChange, TapSpec
+from vnetd.net.model import CREATING_GROUP, OWNER_ALIAS, BridgeOptions, Link, LinkChange, TapSpec
 from vnetd.net.netns import NamespaceWorker
 from vnetd.net.vxlan import VxlanNetlink
 
@@ -139,10 +148,37 @@ class NetlinkBackend:
 
     async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
                          options: BridgeOptions) -> None:
-        await self._call(f"create bridge {name}",
-                         lambda: self._link.add_bridge(name, mtu, mac, options))
+        await self._create_marked("bridge", name, rtnl.new_bridge_body(
+            name, mtu, mac, options, group=CREATING_GROUP))
+
+    async def _create_marked(self, kind: str, name: str, body: bytes) -> None:
+        """Create a device over netlink, then mark it ours; no unmarked device can
+        outlive a crash unrecognised.
+
+        The kernel ignores IFLA_IFALIAS in a creating RTM_NEWLINK (it applies it
+        only to an existing device), but it does apply IFLA_GROUP: the device is
+        born in CREATING_GROUP, which says "vnetd's, creation unfinished", then
+        is marked, then leaves the group. The next ensure of the name finishes a
+        device a crash left in the group (`finish_creation`).
+        """
+        await self._call(f"create {kind} {name}", lambda: self._link.create(body))
+        failpoints.hit("after_create", kind)
+        await self._call(f"mark {kind} {name}", lambda: self._link.set_link_by_name(
+            name, LinkChange(alias=OWNER_ALIAS)))
+        failpoints.hit("after_mark", kind)
+        await self._call(f"finish {kind} {name}", lambda: self._link.set_link_by_name(
+            name, LinkChange(group=0)))
+
+    async def finish_creation(self, link: Link) -> None:
+        if not link.owned:
+            await self.set_link(link.index, LinkChange(alias=OWNER_ALIAS))
+        await self.set_link(link.index, LinkChange(group=0))
 
     async def add_tap(self, spec: TapSpec) -> None:
+        """Create the TAP non-persistent on a descriptor we hold, mark it (alias,
+        IPv6 off when asked), and only then make it persistent and close the
+        descriptor: if the daemon dies before, the kernel removes the TAP with the
+        descriptor, so no unmarked TAP can outlive it."""
         while not self._tun_fds:
             # One refill at a time: concurrent callers wait for it instead of each
             # opening (and overwriting) a set of their own.
@@ -154,11 +190,17 @@ class NetlinkBackend:
         # the loop; a hop to the worker thread costs more than that on a busy machine.
         fd = self._tun_fds.pop()
         try:
-            tun.create_tap_on(fd, spec)
-        except OSError as exc:
-            if exc.errno is None:
-                raise
-            raise error_from_errno(exc.errno, f"create tap {spec.name}") from exc
+            _tun_call(f"create tap {spec.name}", tun.create_transient, fd, spec)
+            failpoints.hit("after_create", "tap")
+            await self._call(f"mark tap {spec.name}", lambda: self._link.set_link_by_name(
+                spec.name, LinkChange(alias=OWNER_ALIAS)))
+            if not spec.ipv6:
+                # Before it is up: no IPv6 link-local address ever appears (OSSN-0069).
+                await self.disable_ipv6(spec.name)
+            failpoints.hit("after_mark", "tap")
+            _tun_call(f"make tap {spec.name} persistent", tun.make_persistent, fd)
+        finally:
+            os.close(fd)  # before TUNSETPERSIST (an error, a cancellation) this removes it
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         await self._worker_call(f"set owner of tap {spec.name}", tun.set_owner, spec)
@@ -220,7 +262,9 @@ class NetlinkBackend:
         await self._call(f"delete link #{index}", lambda: self._link.set_group(index, group))
 
     async def _delete_many(self, todo: list[tuple[int, asyncio.Future[None]]]) -> None:
-        group = secrets.randbelow(0x7FFFFF00) + 0x100  # 0 is the default group
+        group = CREATING_GROUP
+        while group == CREATING_GROUP:  # 0 is the default group, CREATING_GROUP is taken
+            group = secrets.randbelow(0x7FFFFF00) + 0x100
         moved = await asyncio.gather(*(self._set_group(index, group) for index, _ in todo),
                                      return_exceptions=True)
         members = []
@@ -282,6 +326,15 @@ class NetlinkBackend:
             self._ipr.close()
         await self._worker.run(self._overlay.close)  # its socket lives on the worker
         self._worker.close()
+
+
+def _tun_call(what: str, fn: Callable[..., None], *args: object) -> None:
+    try:
+        fn(*args)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise error_from_errno(exc.errno, what) from exc
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -328,3 +328,50 @@ def neigh_rows(answers: list[tuple[int, bytes]], index: int) -> list[NeighEntry]
             continue
         rows.append(NeighEntry(ip=dst, mac=mac, state=state, flags=flags))
     return rows
+
+
+RTNLGRP_NEIGH = 3
+
+
+def open_neigh_monitor() -> socket.socket:
+    """A non-blocking socket subscribed to FDB and neighbour notifications (call it on a
+    thread inside the target namespace: the socket keeps that namespace)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         socket.NETLINK_ROUTE)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BYTES)
+    sock.bind((0, 1 << (RTNLGRP_NEIGH - 1)))
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass(frozen=True, slots=True)
+class NeighNotice:
+    """One FDB or neighbour notification of a device, in the overlay's terms."""
+
+    deleted: bool
+    index: int
+    table: str
+    """"remotes", "fdb" or "neighbours"."""
+    key: str
+    value: str | None
+    owned: bool
+
+
+def parse_notice(mtype: int, payload: bytes) -> NeighNotice | None:
+    """An RTM_NEWNEIGH/RTM_DELNEIGH -> NeighNotice; None for what the overlay ignores
+    (the bridge's own FDB, entries without an address)."""
+    if mtype not in (RTM_NEWNEIGH, RTM_DELNEIGH):
+        return None
+    family, index, state, flags, dst, mac = parse_neigh(payload)
+    deleted = mtype == RTM_DELNEIGH
+    if family == AF_BRIDGE:
+        if not flags & NTF_SELF or mac is None:
+            return None
+        row = FdbEntry(mac=mac, dst=dst, state=state, flags=flags)
+        if row.flood:
+            return NeighNotice(deleted, index, "remotes", dst or "", None, row.owned)
+        return NeighNotice(deleted, index, "fdb", mac, dst, row.owned)
+    if family in (socket.AF_INET, socket.AF_INET6) and dst is not None:
+        n = NeighEntry(ip=dst, mac=mac, state=state, flags=flags)
+        return NeighNotice(deleted, index, "neighbours", dst, mac, n.owned)
+    return None

@@ -150,7 +150,8 @@ def get_mac(value: memoryview | None) -> str | None:
 
 # ------------------------------------------------------------ links
 LINK_ATTRS = frozenset({IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_OPERSTATE,
-                        IFLA_LINKINFO, IFLA_IFALIAS, IFLA_CARRIER, IFLA_CARRIER_CHANGES})
+                        IFLA_LINKINFO, IFLA_IFALIAS, IFLA_CARRIER, IFLA_CARRIER_CHANGES,
+                        IFLA_GROUP})
 """Every top-level attribute `decode_link` reads (the walker skips the rest)."""
 
 
@@ -209,6 +210,7 @@ def decode_link(buf: Buffer, start: int, end: int) -> Link:
         bridge=bridge,
         tun=tun,
         carrier_changes=get_u32(at.get(IFLA_CARRIER_CHANGES)) or 0,
+        group=get_u32(at.get(IFLA_GROUP)) or 0,
     )
 
 
@@ -305,14 +307,19 @@ def change_body(index: int, change: LinkChange, *, name: str | None = None) -> b
         body += attr(IFLA_ADDRESS, mac_bytes(change.mac))
     if change.master is not None:
         body += attr_u32(IFLA_MASTER, change.master)
+    if change.group is not None:
+        body += attr_u32(IFLA_GROUP, change.group)
     if change.bridge is not None and not change.bridge.is_empty():
         body += linkinfo("bridge", bridge_data(change.bridge))
     return body
 
 
 def new_bridge_body(name: str, mtu: int | None, mac: str | None,
-                    options: BridgeOptions) -> bytes:
+                    options: BridgeOptions, group: int | None = None) -> bytes:
+    """RTM_NEWLINK (create) of a bridge; `group` is applied by the creation itself."""
     body = ifinfo() + attr_str(IFLA_IFNAME, name)
+    if group is not None:
+        body += attr_u32(IFLA_GROUP, group)
     if mtu is not None:
         body += attr_u32(IFLA_MTU, mtu)
     if mac is not None:

@@ -1,7 +1,8 @@
 """TAP creation through /dev/net/tun, which rtnetlink cannot do.
 
-These functions block (they take the kernel's RTNL lock) and must run on the
-namespace worker thread, never on the event loop.
+The ioctls take the kernel's RTNL lock for well under a millisecond; opening
+/dev/net/tun and writing sysctls must happen on the namespace worker thread
+(they act in the namespace of the calling thread).
 """
 
 from __future__ import annotations
@@ -34,31 +35,13 @@ def _ifreq(spec: TapSpec, exclusive: bool) -> bytes:
     return struct.pack("16sH22x", spec.name.encode(), flags)
 
 
-def _configure(spec: TapSpec, create: bool, fd: int | None = None) -> None:
-    """Configure through `fd` (a fresh /dev/net/tun; opened here when None); closes it."""
-    if fd is None:
-        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, _ifreq(spec, exclusive=create))
-        # The kernel cannot clear an owner (-1 is EINVAL): None leaves it as it is.
-        if spec.owner_uid is not None:
-            fcntl.ioctl(fd, TUNSETOWNER, spec.owner_uid)
-        if spec.group_gid is not None:
-            fcntl.ioctl(fd, TUNSETGROUP, spec.group_gid)
-        if create:
-            fcntl.ioctl(fd, TUNSETPERSIST, 1)
-    finally:
-        os.close(fd)
-
-
-def create_tap(spec: TapSpec) -> None:
-    """Create a persistent TAP; OSError(EBUSY) when the name is already taken.
-
-    Plain TUNSETIFF on an existing TAP attaches to it instead of failing;
-    IFF_TUN_EXCL makes creation exclusive, so a lost race is an error, not a
-    silent adoption of someone else's device.
-    """
-    _configure(spec, create=True)
+def _attach(fd: int, spec: TapSpec, create: bool) -> None:
+    fcntl.ioctl(fd, TUNSETIFF, _ifreq(spec, exclusive=create))
+    # The kernel cannot clear an owner (-1 is EINVAL): None leaves it as it is.
+    if spec.owner_uid is not None:
+        fcntl.ioctl(fd, TUNSETOWNER, spec.owner_uid)
+    if spec.group_gid is not None:
+        fcntl.ioctl(fd, TUNSETGROUP, spec.group_gid)
 
 
 def open_tun_fds(count: int) -> list[int]:
@@ -71,14 +54,30 @@ def open_tun_fds(count: int) -> list[int]:
     return [os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC) for _ in range(count)]
 
 
-def create_tap_on(fd: int, spec: TapSpec) -> None:
-    """`create_tap` through a descriptor from `open_tun_fds` (closed afterwards)."""
-    _configure(spec, create=True, fd=fd)
+def create_transient(fd: int, spec: TapSpec) -> None:
+    """Create a TAP attached to `fd` (from `open_tun_fds`), NOT persistent yet.
+
+    The kernel removes a non-persistent TAP when its last descriptor closes: if
+    the daemon dies before `make_persistent`, the TAP dies with it. OSError(EBUSY)
+    when the name is taken: plain TUNSETIFF on an existing TAP attaches to it;
+    IFF_TUN_EXCL makes creation exclusive, so a lost race is an error, not a
+    silent adoption of someone else's device. The caller closes `fd`.
+    """
+    _attach(fd, spec, create=True)
+
+
+def make_persistent(fd: int) -> None:
+    """The TAP on `fd` outlives the descriptor from now on."""
+    fcntl.ioctl(fd, TUNSETPERSIST, 1)
 
 
 def set_owner(spec: TapSpec) -> None:
     """Change owner/group of an existing persistent TAP (EBUSY while a process holds it)."""
-    _configure(spec, create=False)
+    fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        _attach(fd, spec, create=False)
+    finally:
+        os.close(fd)
 
 
 def disable_ipv6(name: str) -> None:

@@ -8,6 +8,7 @@ never waits on the kernel.
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -118,3 +119,13 @@ def _describe(op: FdbOp | NeighOp) -> str:
     if isinstance(op, FdbOp):
         return f"fdb {op.action} {op.mac} dst {op.dst}"
     return f"neighbour {op.action} {op.ip} lladdr {op.mac}"
+
+
+def open_neigh_monitor(netns: str | None) -> socket.socket:
+    """The FDB/neighbour notification socket of `netns` (opened on a short-lived thread
+    inside it)."""
+    worker = NamespaceWorker(netns)
+    try:
+        return worker.call(w.open_neigh_monitor)
+    finally:
+        worker.close()

@@ -83,19 +83,24 @@ def build_components(rt: Runtime) -> list[Component]:
     components: list[Component] = [watchdog, metrics, *event_components(rt),
                                    *_libvirt_components(rt)]
     if rt.dispatcher is not None:
-        components.append(CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
-                                           libvirt_enabled=s.libvirt.enabled))
+        cleanup = CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
+                                   libvirt_enabled=s.libvirt.enabled)
+        rt.ctx.cleanup = cleanup.sweeper  # for cleanup.run
+        components.append(cleanup)
     return components
 
 
 def _libvirt_components(rt: Runtime) -> list[Component]:
-    """The libvirt watcher (it also gives handlers ctx.virt) when `[libvirt] enabled`."""
+    """The libvirt watcher, and handlers' ctx.virt and snapshot part, when `[libvirt] enabled`."""
     lv = rt.settings.libvirt
     if not lv.enabled:
         return []
     backend = LibvirtBackend(lv.uri, adopt_unowned=lv.adopt_unowned)
-    return [LibvirtWatcher(backend, rt.ctx, rt.states,
-                           reconnect_max_seconds=lv.reconnect_max_seconds)]
+    watcher = LibvirtWatcher(backend, rt.ctx, rt.states,
+                             reconnect_max_seconds=lv.reconnect_max_seconds)
+    rt.ctx.virt = backend
+    rt.ctx.snapshot_parts += (watcher.snapshot,)
+    return [watcher]
 
 
 def _quarantine(s: Settings) -> Quarantine:

@@ -1,7 +1,8 @@
 """Wiring of the event stream: bus, publisher, netlink watcher, lifecycle, job events.
 
 Called from build_components(); sets ctx.events so every producer (handlers,
-libvirt watcher, cleanup) can `ctx.events.emit(type, subject, data)`.
+libvirt watcher, cleanup) can `ctx.events.emit(type, subject, data)`, and adds
+the watcher's links (at the stream position) to host.snapshot.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from vnetd.events.commands import CommandEvents
 from vnetd.events.heartbeat import HostLifecycle
 from vnetd.events.publisher import EventPublisher
 from vnetd.net.monitor import MonitorSocket
+from vnetd.net.vxlan import open_neigh_monitor
 from vnetd.service.component import Component
+from vnetd.watchers.neigh import NeighWatcher
 from vnetd.watchers.netlink import NetlinkWatcher
 
 if TYPE_CHECKING:
@@ -41,8 +44,8 @@ def event_components(rt: Runtime) -> list[Component]:
 
     lifecycle = HostLifecycle(bus, s.events.heartbeat_seconds, rt.ctx.version, health)
     rt.ctx.events = bus
-    rt.ctx.extras["events"] = bus
-    rt.ctx.extras.setdefault("snapshot_providers", []).append(
-        watcher.snapshot_provider(lambda: {"epoch": bus.epoch, "sequence": bus.sequence}))
+    rt.ctx.snapshot_parts += (
+        watcher.snapshot_provider(lambda: {"epoch": bus.epoch, "sequence": bus.sequence}),)
     rt.observers.append(CommandEvents(bus))
-    return [publisher, watcher, lifecycle]
+    neigh = NeighWatcher(rt.ctx, bus, lambda: open_neigh_monitor(s.netlink.netns or None))
+    return [publisher, watcher, neigh, lifecycle]
