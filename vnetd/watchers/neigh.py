@@ -122,7 +122,10 @@ class NeighWatcher:
                             "resync", lambda: self._sync(report=True), oneshot=True, restart=True)
                     continue
                 raise
+            devices = self.state.devices
             for mtype, _flags, _seq, payload in w.messages(data):
+                if w.notice_index(payload) not in devices:
+                    continue  # the bridges' FDB churn, other devices: not decoded at all
                 try:
                     notice = w.parse_notice(mtype, payload)
                 except Exception:  # never let one odd message stop the watcher
