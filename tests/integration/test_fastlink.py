@@ -207,3 +207,15 @@ async def test_a_tap_creation_cut_short_leaves_no_tap(netns: str) -> None:
     finally:
         await net.close()
     assert netns_mod.link(netns, "cut0") is None
+
+
+async def test_concurrent_dumps_take_turns(netns: str) -> None:
+    # The kernel refuses a second dump on a socket while one runs (EBUSY); callers
+    # such as a cleanup pass re-checking several bridges at once must not see that.
+    _ip(netns, "link", "add", "fdbr", "type", "bridge")
+    net = NetlinkBackend(netns)
+    try:
+        dumps = await asyncio.gather(*(net.list_links() for _ in range(8)))
+        assert [sorted(link.name for link in d) for d in dumps] == [["fdbr", "lo"]] * 8
+    finally:
+        await net.close()

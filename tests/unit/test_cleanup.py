@@ -11,7 +11,6 @@ from vnetd import metrics
 from vnetd.contract.commands import parse_request
 from vnetd.contract.errors import Unavailable
 from vnetd.handlers.cleanup import (
-    SWEEPER_KEY,
     Rules,
     Sweeper,
     marker,
@@ -66,7 +65,7 @@ class Env:
         self.sweeper = Sweeper(self.net, self.ctx.policy, self.sink, rules,
                                locks=self.dispatcher.locks, leases=self.dispatcher.leases,
                                references=self.refs, restart_clocks=restart_clocks)
-        self.ctx.extras[SWEEPER_KEY] = self.sweeper
+        self.ctx.cleanup = self.sweeper
 
     async def job(self, op: str, **args: Any) -> dict[str, Any]:
         return await self.dispatcher.execute(parse_request({"op": op, "args": args}))

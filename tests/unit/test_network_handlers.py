@@ -19,6 +19,7 @@ from vnetd.handlers.dispatch import Dispatcher
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.virt.backend import (
+    DomainState,
     NetworkState,
     Reason,
     UpdateAction,
@@ -38,6 +39,7 @@ class FakeVirt:
     calls: list[tuple[str, str]] = field(default_factory=list)
     up: bool = True
     fail_start: VirtError | None = None
+    domains: dict[str, DomainState] = field(default_factory=dict)  # by uuid
     _n: int = 0
 
     @property
@@ -119,6 +121,14 @@ class FakeVirt:
             self.nets[name] = replace(st, persistent=False, autostart=False)
         else:
             del self.nets[name]
+
+    async def list_domains(self) -> list[DomainState]:
+        self._check()
+        return list(self.domains.values())
+
+    async def get_domain(self, uuid: str) -> DomainState | None:
+        self._check()
+        return self.domains.get(uuid)
 
     async def set_autostart(self, name: str, enabled: bool) -> None:
         self._check()
@@ -411,17 +421,19 @@ class FakeConnection(FakeVirt):
         super().__init__()
         self.on_event: Callable[[str, str], None] | None = None
         self.on_close: Callable[[str], None] | None = None
+        self.on_domain: Callable[[str, str, str, str], None] | None = None
         self.opens = 0
         self.refuse = 0
 
     async def open(self, on_event: Callable[[str, str], None],
-                   on_close: Callable[[str], None]) -> None:
+                   on_close: Callable[[str], None],
+                   on_domain: Callable[[str, str, str, str], None] | None = None) -> None:
         if self.refuse:
             self.refuse -= 1
             raise VirtError(Reason.UNAVAILABLE, "connection refused")
         self.up = True
         self.opens += 1
-        self.on_event, self.on_close = on_event, on_close
+        self.on_event, self.on_close, self.on_domain = on_event, on_close, on_domain
 
     async def close(self) -> None:
         self.up = False
@@ -442,13 +454,14 @@ async def test_watcher_events_reconnect_and_resync(vnet: FakeNet) -> None:
     conn = FakeConnection()
     sink = RecordingSink()
     states: dict[str, str] = {}
-    ctx = Context(host_id="hv1", net=vnet, policy=Policy(), version="t", events=sink)
+    ctx = Context(host_id="hv1", net=vnet, policy=Policy(), version="t", events=sink,
+                  virt=conn)  # type: ignore[arg-type]
     w = LibvirtWatcher(conn, ctx, states, reconnect_max_seconds=0.05,  # type: ignore[arg-type]
                        reconnect_min_seconds=0.01)
+    ctx.snapshot_parts = (w.snapshot,)  # as the daemon's wiring does
     await w.start()
     try:
         assert states["libvirt"] == "connected"
-        assert ctx.virt is conn
         d = Dispatcher(build_registry(), ctx)
         await d.execute(parse_request({"op": "network.define",
                                        "args": {"name": "n1", "spec": NAT, "start": True}}))
@@ -460,7 +473,7 @@ async def test_watcher_events_reconnect_and_resync(vnet: FakeNet) -> None:
                                                       ("network.started", "n1")]
         assert sink.events[1][2]["active"] is True
         assert sink.events[1][2]["kind"] == "nat"
-        snap = await ctx.extras["snapshot_providers"][0]()
+        snap = await ctx.snapshot_parts[0]()
         assert [n["name"] for n in snap["networks"]] == ["n1"]
 
         # libvirtd goes away; while it is away n1 stops and n2 appears (started).

@@ -7,7 +7,6 @@ from typing import Any
 
 from tests.unit.fakes import FakeNet
 from vnetd.handlers.context import Context
-from vnetd.handlers.overlay_state import state_of
 from vnetd.handlers.policy import Policy
 from vnetd.net import overlay_wire as w
 from vnetd.net.overlay import ZERO_MAC, FdbOp, NeighOp
@@ -30,7 +29,7 @@ def watcher() -> tuple[NeighWatcher, Sink]:
     ctx = Context(host_id="hv1", net=net, policy=Policy(), version="t")
     sink = Sink()
     wt = NeighWatcher(ctx, sink, socket.socket)
-    state_of(ctx.extras).set(7, "vx1", {("remotes", "198.51.100.2"): None,
+    ctx.overlay.set(7, "vx1", {("remotes", "198.51.100.2"): None,
                                         ("fdb", "52:54:00:00:00:02"): "198.51.100.2",
                                         ("neighbours", "10.0.0.2"): "52:54:00:00:00:02"},
                              {"remotes", "fdb", "neighbours"})

@@ -222,7 +222,7 @@ async def test_snapshot(net: FakeNet, ctx: Context, call: Caller) -> None:
     async def extra() -> dict[str, object]:
         return {"networks": ["default"]}
 
-    ctx.extras["snapshot_providers"] = [extra]
+    ctx.snapshot_parts = (extra,)
     result = await call("host.snapshot")
     assert result["host_id"] == "hv1"
     assert [v["name"] for v in result["links"]] == ["br0"]

@@ -18,7 +18,8 @@ from vnetd.amqp.dedupe import ReplyCache
 from vnetd.amqp.outcome import Action, Delivery, Outcome, failure, success
 from vnetd.amqp.quarantine import Quarantine, job_key
 from vnetd.amqp.retry import RetryPolicy, delivery_of
-from vnetd.contract.commands import OPS, Command, parse_request
+from vnetd.contract.base import Command
+from vnetd.contract.commands import OPS, parse_request
 from vnetd.contract.errors import Internal, InvalidArgument, VnetdError
 
 log = structlog.get_logger("vnetd.jobs")
@@ -229,7 +230,7 @@ class JobConsumer:
             ok=outcome.ok if outcome else True,
             error_code=outcome.error_code if outcome else None,
             duration=time.perf_counter() - started,
-            subject=getattr(cmd, "name", None),
+            subject=cmd.event_subject() if cmd is not None else None,
             result=outcome.result if outcome else None,
             error=outcome.error if outcome else None,
             duplicate=duplicate,

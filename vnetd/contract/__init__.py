@@ -1,8 +1,9 @@
 """The public contract: command models, reply envelopes, error codes, events.
 
 This package is the bottom layer. It imports nothing else from vnetd and no
-adapter library: everything here is pure data and validation. Importing it
-loads every op module, so the op table (`commands.OPS`) is complete.
+adapter library: everything here is pure data and validation. What an op is
+(its model and its OpSpec) is declared in vnetd.contract.base's terms by each op
+module; `commands.build_op_table` lists them all (`commands.OPS`).
 """
 
 from vnetd.contract import cleanup as cleanup

@@ -11,13 +11,16 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from vnetd.contract.commands import Command, register_ops
+from vnetd.contract.base import Command, OpSpec
 
 
 class CleanupRun(Command):
     op: ClassVar[str] = "cleanup.run"
+    # No locks of its own: the sweep takes each device's lock as it removes it.
+    op_spec: ClassVar[OpSpec] = OpSpec("one sweep of vnetd's orphaned devices and networks, now")
     dry_run: bool = Field(default=False,
                           description="report what would be removed, change nothing")
 
 
-register_ops(CleanupRun)
+CLEANUP_OPS: tuple[type[Command], ...] = (CleanupRun,)
+"""This module's ops, for the op table (commands.build_op_table)."""

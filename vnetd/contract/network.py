@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from vnetd.contract.commands import Command, register_ops
+from vnetd.contract.base import NETWORK, Command, OpSpec
 from vnetd.contract.types import IfName, Mac, Mtu
 
 MAX_XML_BYTES = 64 * 1024
@@ -273,8 +273,11 @@ KINDS = ("isolated", "nat", "route", "open", "bridge", "macvtap", "hostdev", "ov
 class _NetworkCommand(Command):
     name: NetName
 
-    def lock_keys(self) -> tuple[str, ...]:
-        return (f"network:{self.name}",)
+
+def _on_network(summary: str, read_only: bool = False) -> OpSpec:
+    """The spec of an op on one network: it locks that network's name, its event's subject."""
+    return OpSpec(summary, read_only=read_only, exclusive=("name",), subject="name",
+                  space=NETWORK)
 
 
 class _WithDefinition(_NetworkCommand):
@@ -294,6 +297,7 @@ class NetworkDefine(_WithDefinition):
     """`virsh net-define` (+ `net-autostart`, `net-start`)."""
 
     op: ClassVar[str] = "network.define"
+    op_spec: ClassVar[OpSpec] = _on_network("define (or replace) a persistent network")
     autostart: bool | None = None
     start: bool = False
     replace: bool = False
@@ -303,6 +307,7 @@ class NetworkCreate(_WithDefinition):
     """`virsh net-create`: a transient network, gone when stopped."""
 
     op: ClassVar[str] = "network.create"
+    op_spec: ClassVar[OpSpec] = _on_network("create and start a transient network")
     ttl_seconds: int | None = Field(
         default=None, ge=1, le=30 * 86_400,
         description="cleanup destroys the network this long after creation")
@@ -310,34 +315,41 @@ class NetworkCreate(_WithDefinition):
 
 class NetworkStart(_NetworkCommand):
     op: ClassVar[str] = "network.start"
+    op_spec: ClassVar[OpSpec] = _on_network("start a defined network")
 
 
 class NetworkDestroy(_NetworkCommand):
     op: ClassVar[str] = "network.destroy"
+    op_spec: ClassVar[OpSpec] = _on_network("stop a network")
 
 
 class NetworkUndefine(_NetworkCommand):
     op: ClassVar[str] = "network.undefine"
+    op_spec: ClassVar[OpSpec] = _on_network("remove a network's definition")
 
 
 class NetworkAutostart(_NetworkCommand):
     op: ClassVar[str] = "network.autostart"
+    op_spec: ClassVar[OpSpec] = _on_network("set whether libvirt starts the network at boot")
     enabled: bool
 
 
 class NetworkDumpxml(_NetworkCommand):
     op: ClassVar[str] = "network.dumpxml"
+    op_spec: ClassVar[OpSpec] = _on_network("the network's XML", read_only=True)
     inactive: bool = False
 
 
 class NetworkList(Command):
     op: ClassVar[str] = "network.list"
+    op_spec: ClassVar[OpSpec] = OpSpec("every network libvirt knows", read_only=True)
 
 
 class NetworkUpdate(_NetworkCommand):
     """`virsh net-update` for DHCP host entries and ranges."""
 
     op: ClassVar[str] = "network.update"
+    op_spec: ClassVar[OpSpec] = _on_network("add, modify or delete a DHCP host or range")
     action: Literal["add", "modify", "delete"]
     host: DhcpHost | None = None
     range: DhcpRange | None = None
@@ -362,5 +374,7 @@ class NetworkUpdate(_NetworkCommand):
         return self
 
 
-register_ops(NetworkDefine, NetworkCreate, NetworkStart, NetworkDestroy, NetworkUndefine,
-             NetworkAutostart, NetworkDumpxml, NetworkList, NetworkUpdate)
+NETWORK_OPS: tuple[type[Command], ...] = (
+    NetworkDefine, NetworkCreate, NetworkStart, NetworkDestroy, NetworkUndefine,
+    NetworkAutostart, NetworkDumpxml, NetworkList, NetworkUpdate)
+"""This module's ops, for the op table (commands.build_op_table)."""

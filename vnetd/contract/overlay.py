@@ -17,8 +17,8 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vnetd.contract.commands import Command, _not_libvirt_reserved, register_ops
-from vnetd.contract.types import IfName, Mac, Mtu
+from vnetd.contract.base import Command, OpSpec
+from vnetd.contract.types import IfName, Mac, Mtu, not_libvirt_reserved
 
 MAX_VNI = 16_777_215
 MAX_REMOTES = 1024
@@ -48,6 +48,9 @@ class VxlanEnsure(Command):
     """`ip link add NAME type vxlan id VNI local IP dstport 4789 nolearning` + `master BR`."""
 
     op: ClassVar[str] = "vxlan.ensure"
+    op_spec: ClassVar[OpSpec] = OpSpec(
+        "create a VXLAN device or converge it, optionally in a bridge", exclusive=("name",),
+        shared=("bridge",), subject="name")
     name: IfName
     vni: int = Field(ge=1, le=MAX_VNI)
     local: UnicastIp = Field(description="this host's underlay address (source of VXLAN)")
@@ -61,7 +64,7 @@ class VxlanEnsure(Command):
     bridge: IfName | None = None
     up: bool = True
 
-    _reserved = field_validator("name")(_not_libvirt_reserved)
+    _reserved = field_validator("name")(not_libvirt_reserved)
 
     @model_validator(mode="after")
     def _distinct(self) -> VxlanEnsure:
@@ -74,6 +77,8 @@ class VxlanEnsure(Command):
 
 class VxlanDelete(Command):
     op: ClassVar[str] = "vxlan.delete"
+    op_spec: ClassVar[OpSpec] = OpSpec(
+        "delete a VXLAN device vnetd owns", exclusive=("name",), subject="name")
     name: IfName
 
 
@@ -104,6 +109,9 @@ class FdbConverge(Command):
     """The complete forwarding state of one VXLAN device; None leaves that table alone."""
 
     op: ClassVar[str] = "fdb.converge"
+    op_spec: ClassVar[OpSpec] = OpSpec(
+        "the complete remote VTEP, FDB and neighbour tables of a VXLAN device",
+        exclusive=("name",), subject="name")
     name: IfName
     remotes: list[UnicastIp] = Field(max_length=MAX_REMOTES,
                                      description="every remote VTEP of the segment")
@@ -125,4 +133,5 @@ class FdbConverge(Command):
         return self
 
 
-register_ops(VxlanEnsure, VxlanDelete, FdbConverge)
+OVERLAY_OPS: tuple[type[Command], ...] = (VxlanEnsure, VxlanDelete, FdbConverge)
+"""This module's ops, for the op table (commands.build_op_table)."""

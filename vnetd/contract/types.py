@@ -37,6 +37,17 @@ def _check_mac(value: str) -> str:
     return mac
 
 
+# libvirt names its own devices vnetN, macvtapN and macvlanN and may reuse them.
+_LIBVIRT_RESERVED = re.compile(r"(vnet|macvtap|macvlan)\d+")
+
+
+def not_libvirt_reserved(name: str) -> str:
+    """A validator for the name of a device vnetd creates: not one libvirt may reuse."""
+    if _LIBVIRT_RESERVED.fullmatch(name):
+        raise ValueError(f"{name!r} is in libvirt's reserved namespace (vnetN, macvtapN, macvlanN)")
+    return name
+
+
 IfName = Annotated[str, AfterValidator(_check_ifname)]
 """A Linux interface name: 1 to 15 bytes of [A-Za-z0-9_.-], not '.' or '..'."""
 

@@ -1,20 +1,17 @@
 """command.completed / command.failed: one event per job that changed (or tried to change) state.
 
 A JobObserver (amqp.consumer calls `job_finished` after the job is acked).
-Read-only ops (health, snapshot, lists) and duplicate deliveries answered from
-the dedupe cache publish nothing: they change nothing, and health polling
-would drown the stream.
+Read-only ops (their OpSpec says so: health, snapshot, lists) and duplicate
+deliveries answered from the dedupe cache publish nothing: they change nothing,
+and health polling would drown the stream.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+from vnetd.contract.commands import spec_of
 from vnetd.contract.events import EventSink
-
-READ_ONLY_OPS = frozenset({"host.health", "host.snapshot", "bridge.list", "link.list",
-                           "network.list", "network.dumpxml"})
-BATCH_SUMMARY = ("completed", "failed", "skipped")
 
 
 class FinishedJob(Protocol):
@@ -47,7 +44,8 @@ class CommandEvents:
         self.sink = sink
 
     def job_finished(self, record: FinishedJob) -> None:
-        if record.duplicate or record.op in READ_ONLY_OPS:
+        spec = spec_of(record.op)  # None for an invalid request: its failure is published
+        if record.duplicate or (spec is not None and spec.read_only):
             return
         data: dict[str, Any] = {
             "op": record.op,
@@ -58,8 +56,8 @@ class CommandEvents:
         }
         if record.ok:
             result = record.result or {}
-            if record.op == "batch":
-                result = {k: result[k] for k in BATCH_SUMMARY if k in result}
+            if spec is not None and spec.event_result is not None:
+                result = {k: result[k] for k in spec.event_result if k in result}
             data["result"] = result
             self.sink.emit("command.completed", record.subject, data)
         else:

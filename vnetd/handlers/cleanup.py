@@ -21,7 +21,7 @@ created or used it less than `lease_seconds` ago, or holds it with
 reference, or libvirt references being unknown (libvirtd down).
 
 Check and delete are as close as netlink allows: right before deleting, the
-sweep takes the per-name lock jobs take (`link:<name>`), reads the device
+sweep takes the per-name lock jobs take (`link_lock(name)`), reads the device
 again, checks that it is the same device (same index, still ours), still idle,
 and still not leased, then deletes it by index.
 
@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from vnetd import metrics
+from vnetd.contract.base import link_lock
 from vnetd.contract.cleanup import CleanupRun
 from vnetd.contract.errors import NotFound, Unavailable, VnetdError
 from vnetd.contract.events import EventSink
@@ -307,7 +308,7 @@ class Sweeper:
     async def _remove(self, cand: _Candidate, refs: dict[str, str] | None,
                       refs_problem: str | None, report: Report) -> None:
         link, entry = cand.link, cand.entry
-        async with self.locks.hold((f"link:{link.name}",)):
+        async with self.locks.hold((link_lock(link.name),)):
             reason = await self._recheck(cand, refs, refs_problem)
             if reason is None:
                 try:
@@ -358,7 +359,7 @@ class Sweeper:
 
     async def _write_clock(self, link: Link, alias: str) -> None:
         """Store (or clear) the idle clock in the device's own alias, if it is still it."""
-        async with self.locks.hold((f"link:{link.name}",)):
+        async with self.locks.hold((link_lock(link.name),)):
             try:
                 now_ = await self.net.get_link(link.name)
                 if now_ is None or now_.index != link.index or not now_.owned:
@@ -405,14 +406,9 @@ class Sweeper:
             log.info("cleanup_removed", kind="network", network=name, rule=NETWORK_RULE)
 
 
-SWEEPER_KEY = "cleanup"
-"""Where the daemon puts its Sweeper in Context.extras, for the cleanup.run handler."""
-
-
 async def run(cmd: CleanupRun, ctx: Context) -> dict[str, Any]:
     """cleanup.run: one sweep now (dry_run: only say what would be removed)."""
-    sweeper = ctx.extras.get(SWEEPER_KEY)
-    if not isinstance(sweeper, Sweeper):
+    if ctx.cleanup is None:
         raise Unavailable("cleanup is not set up in this daemon")
-    return await sweeper.sweep(cmd.dry_run)
+    return await ctx.cleanup.sweep(cmd.dry_run)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import structlog
 
-from vnetd.contract.commands import Batch, Command
+from vnetd.contract.base import Command
+from vnetd.contract.commands import Batch
 from vnetd.contract.errors import Internal, Unsupported, VnetdError
 from vnetd.handlers.context import Context
 from vnetd.handlers.leases import Leases, leased_names

@@ -16,7 +16,7 @@ from vnetd.contract.errors import Conflict, InvalidArgument
 from vnetd.contract.overlay import FdbConverge
 from vnetd.handlers.context import Context
 from vnetd.handlers.fdb_plan import plan
-from vnetd.handlers.overlay_state import State, state_of
+from vnetd.handlers.overlay_state import State
 from vnetd.handlers.policy import require_kind, require_link
 from vnetd.net.overlay import FdbOp, OpError
 
@@ -80,7 +80,7 @@ async def converge(cmd: FdbConverge, ctx: Context) -> dict[str, Any]:
     state, tables = _wanted_state(cmd)
     # Recorded before the requests go out: the watcher sees their notifications as
     # expected, and only changes made by someone else as drift.
-    state_of(ctx.extras).set(link.index, link.name, state, tables)
+    ctx.overlay.set(link.index, link.name, state, tables)
     errors = await overlay.apply(link.index, p.fdb, p.neigh)
     conflicts = [{"table": c.table, "key": c.key, "wanted": c.wanted, "current": c.current}
                  for c in p.conflicts] + _sort_errors(errors)

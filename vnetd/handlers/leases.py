@@ -1,8 +1,9 @@
 """Leases: jobs that create or use a device keep it from cleanup for a while.
 
-A job that touches a device (`tap.ensure`, `port.attach`, `bridge.ensure`)
-renews the lease of every device it names; a control plane may also pass
-`hold_seconds` to keep a device through a VM start or a migration. The
+A job that touches a device (an op whose spec lists `leases`: `tap.ensure`,
+`port.attach`, `bridge.ensure`) renews the lease of every device it names; a
+control plane may also pass `hold_seconds` to keep a device through a VM start
+or a migration. The
 dispatcher renews leases while it holds the job's per-name locks (exclusive on
 the device, shared on a TAP's bridge); a cleanup sweep takes the device's lock
 exclusively before it re-checks and deletes, so a sweep either sees the lease
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vnetd.contract.commands import BridgeEnsure, Command, PortAttach, TapEnsure
+from vnetd.contract.base import Command
 
 Clock = Callable[[], float]
 
@@ -42,16 +43,11 @@ class Lease:
 def leased_names(cmd: Command) -> tuple[tuple[str, ...], float]:
     """(devices the job creates or uses, hold_seconds) of a leasing job; ((), 0) otherwise.
 
-    Every name returned is one the job locks (`lock_keys`, or shared for the
-    TAP's bridge), so renewing under those locks orders it against a sweep.
+    Read from the op's spec (`leases`, `hold`). Every name returned is one the
+    job locks (the spec is refused otherwise), so renewing under those locks
+    orders it against a sweep.
     """
-    if isinstance(cmd, TapEnsure):
-        return (cmd.name, *((cmd.bridge,) if cmd.bridge else ())), cmd.hold_seconds or 0.0
-    if isinstance(cmd, PortAttach):
-        return (cmd.name, cmd.bridge), cmd.hold_seconds or 0.0
-    if isinstance(cmd, BridgeEnsure):
-        return (cmd.name,), cmd.hold_seconds or 0.0
-    return (), 0.0
+    return cmd.leased()
 
 
 class Leases:

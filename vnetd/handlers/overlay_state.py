@@ -31,12 +31,3 @@ class OverlayState:
     def forget(self, index: int) -> None:
         self.devices.pop(index, None)
         self.names.pop(index, None)
-
-
-def state_of(ctx_extras: dict[str, object]) -> OverlayState:
-    """The one OverlayState of a daemon (kept in ctx.extras, made on first use)."""
-    state = ctx_extras.get("overlay_state")
-    if not isinstance(state, OverlayState):
-        state = OverlayState()
-        ctx_extras["overlay_state"] = state
-    return state

@@ -8,13 +8,14 @@ from typing import Any
 from vnetd.contract import commands as c
 from vnetd.contract import network as n
 from vnetd.contract import overlay as o
+from vnetd.contract.base import Command
 from vnetd.contract.cleanup import CleanupRun
 from vnetd.handlers import bridge, fdb, host, link, network, port, tap, vxlan
 from vnetd.handlers.cleanup import run as cleanup_run
 from vnetd.handlers.context import Context
 
 Handler = Callable[[Any, Context], Awaitable[dict[str, Any]]]
-Registry = dict[type[c.Command], Handler]
+Registry = dict[type[Command], Handler]
 
 
 def build_registry() -> Registry:

@@ -8,7 +8,6 @@ from typing import Any
 from vnetd.contract.errors import Conflict, InvalidArgument
 from vnetd.contract.overlay import VxlanDelete, VxlanEnsure
 from vnetd.handlers.context import Context
-from vnetd.handlers.overlay_state import state_of
 from vnetd.handlers.overlay_views import vxlan_view
 from vnetd.handlers.policy import require_kind, require_link
 from vnetd.handlers.views import view_of
@@ -129,6 +128,6 @@ async def delete(cmd: VxlanDelete, ctx: Context) -> dict[str, Any]:
     require_kind(link, "vxlan")
     ctx.policy.require_owned(link, "delete")
     # Its entries go with it: not drift, so the watcher must not report them.
-    state_of(ctx.extras).forget(link.index)
+    ctx.overlay.forget(link.index)
     await ctx.net.delete_link(link.index)
     return {"name": cmd.name, "deleted": True}

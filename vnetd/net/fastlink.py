@@ -107,6 +107,9 @@ class FastLink:
         self._seq = 0
         self._pending: dict[int, _Pending] = {}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # The kernel runs one dump per socket at a time and answers a second one
+        # with EBUSY (netlink_dump_start): concurrent callers take turns.
+        self._dump_turn = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -217,7 +220,8 @@ class FastLink:
         return _one_link(await self.request(RTM_GETLINK, 0, rtnl.get_by_index_body(index)))
 
     async def dump_links(self) -> list[Link]:
-        return await self.request(RTM_GETLINK, NLM_F_DUMP, rtnl.dump_body()) or []
+        async with self._dump_turn:
+            return await self.request(RTM_GETLINK, NLM_F_DUMP, rtnl.dump_body()) or []
 
     async def set_link(self, index: int, change: LinkChange) -> None:
         await self.request(RTM_NEWLINK, NLM_F_ACK, rtnl.change_body(index, change))

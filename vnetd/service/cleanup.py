@@ -23,7 +23,7 @@ from vnetd.config import Settings
 from vnetd.config.settings import CleanupSettings
 from vnetd.contract.errors import VnetdError
 from vnetd.contract.events import EventSink
-from vnetd.handlers.cleanup import SWEEPER_KEY, ReferenceSource, Rules, Sweeper
+from vnetd.handlers.cleanup import ReferenceSource, Rules, Sweeper
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher, KeyedLocks
 from vnetd.handlers.leases import Leases
@@ -75,7 +75,6 @@ class CleanupComponent:
         self.sweeper = sweeper_for(ctx.net, ctx.policy, _ContextSink(ctx), settings, ctx,
                                    locks=dispatcher.locks, leases=dispatcher.leases,
                                    libvirt_enabled=libvirt_enabled, restart_clocks=True)
-        ctx.extras[SWEEPER_KEY] = self.sweeper
         self.tasks = TaskTree(self.name)
 
     async def start(self) -> None:

@@ -21,6 +21,7 @@ from vnetd.amqp.retry import RetryPolicy
 from vnetd.config import Settings
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher
+from vnetd.handlers.host import ComponentStates
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
@@ -83,19 +84,24 @@ def build_components(rt: Runtime) -> list[Component]:
     components: list[Component] = [watchdog, metrics, *event_components(rt),
                                    *_libvirt_components(rt)]
     if rt.dispatcher is not None:
-        components.append(CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
-                                           libvirt_enabled=s.libvirt.enabled))
+        cleanup = CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
+                                   libvirt_enabled=s.libvirt.enabled)
+        rt.ctx.cleanup = cleanup.sweeper  # for cleanup.run
+        components.append(cleanup)
     return components
 
 
 def _libvirt_components(rt: Runtime) -> list[Component]:
-    """The libvirt watcher (it also gives handlers ctx.virt) when `[libvirt] enabled`."""
+    """The libvirt watcher, and handlers' ctx.virt and snapshot part, when `[libvirt] enabled`."""
     lv = rt.settings.libvirt
     if not lv.enabled:
         return []
     backend = LibvirtBackend(lv.uri, adopt_unowned=lv.adopt_unowned)
-    return [LibvirtWatcher(backend, rt.ctx, rt.states,
-                           reconnect_max_seconds=lv.reconnect_max_seconds)]
+    watcher = LibvirtWatcher(backend, rt.ctx, rt.states,
+                             reconnect_max_seconds=lv.reconnect_max_seconds)
+    rt.ctx.virt = backend
+    rt.ctx.snapshot_parts += (watcher.snapshot,)
+    return [watcher]
 
 
 def _quarantine(s: Settings) -> Quarantine:
@@ -118,7 +124,8 @@ class Daemon:
         self.broker = BrokerLink(
             settings.amqp.url.get_secret_value(), f"vnetd@{settings.host_id}",
             settings.amqp.reconnect_interval_seconds)
-        self.states: dict[str, str] = {"libvirt": "disabled"}
+        # ComponentStates: also since when, and the last error, for host.health's reasons.
+        self.states: dict[str, str] = ComponentStates({"libvirt": "disabled"})
         self.consumer: JobConsumer | None = None
         self.tasks = TaskTree()
         self.components: list[Component] = []
@@ -132,6 +139,10 @@ class Daemon:
 
     def component_states(self) -> dict[str, str]:
         return {**self.states, "broker": self.broker.state, **task_states(self.tasks)}
+
+    def component_details(self) -> dict[str, dict[str, object]]:
+        states = self.states
+        return states.details() if isinstance(states, ComponentStates) else {}
 
     async def _policy(self, net: NetlinkBackend) -> Policy:
         p = self.settings.policy
@@ -150,7 +161,8 @@ class Daemon:
         net = NetlinkBackend(s.netlink.netns or None)
         try:
             ctx = Context(host_id=s.host_id, net=net, policy=await self._policy(net),
-                          version=__version__, components=self.component_states)
+                          version=__version__, components=self.component_states,
+                          component_details=self.component_details)
             self.notifier.status("starting: connecting to the broker")
             connection = await self.broker.connect()
             rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,

@@ -1,7 +1,8 @@
 """Wiring of the event stream: bus, publisher, netlink watcher, lifecycle, job events.
 
 Called from build_components(); sets ctx.events so every producer (handlers,
-libvirt watcher, cleanup) can `ctx.events.emit(type, subject, data)`.
+libvirt watcher, cleanup) can `ctx.events.emit(type, subject, data)`, and adds
+the watcher's links (at the stream position) to host.snapshot.
 """
 
 from __future__ import annotations
@@ -43,9 +44,8 @@ def event_components(rt: Runtime) -> list[Component]:
 
     lifecycle = HostLifecycle(bus, s.events.heartbeat_seconds, rt.ctx.version, health)
     rt.ctx.events = bus
-    rt.ctx.extras["events"] = bus
-    rt.ctx.extras.setdefault("snapshot_providers", []).append(
-        watcher.snapshot_provider(lambda: {"epoch": bus.epoch, "sequence": bus.sequence}))
+    rt.ctx.snapshot_parts += (
+        watcher.snapshot_provider(lambda: {"epoch": bus.epoch, "sequence": bus.sequence}),)
     rt.observers.append(CommandEvents(bus))
     neigh = NeighWatcher(rt.ctx, bus, lambda: open_neigh_monitor(s.netlink.netns or None))
     return [publisher, watcher, neigh, lifecycle]

@@ -20,6 +20,7 @@ import structlog
 
 from vnetd import metrics as m
 from vnetd.amqp.consumer import JobRecord
+from vnetd.contract.commands import is_read_only
 from vnetd.contract.errors import VnetdError
 from vnetd.supervisor import TaskTree
 
@@ -28,9 +29,6 @@ log = structlog.get_logger("vnetd.metrics")
 TICK_SECONDS = 1.0
 OWNED_REFRESH_SECONDS = 60.0
 OWNED_DEBOUNCE_SECONDS = 2.0
-# Ops that cannot change which devices vnetd owns.
-_READ_ONLY = frozenset({"bridge.list", "link.list", "host.snapshot", "host.health",
-                        "network.list", "duplicate"})
 
 
 class JobMetrics:
@@ -47,7 +45,7 @@ class JobMetrics:
         outcome = "ok" if record.ok else (record.error_code or "error")
         m.JOBS.labels(op=op, outcome=outcome).inc()
         m.JOB_DURATION.labels(op=op).observe(record.duration)
-        if record.op not in _READ_ONLY:
+        if not is_read_only(record.op):  # a read-only op cannot change which devices we own
             self.on_change()
 
 

@@ -40,6 +40,33 @@ class NetworkState:
     """The current definition (the live one when active)."""
 
 
+@dataclass(frozen=True)
+class DomainInterface:
+    """One `<interface>` of a domain's live definition (what its NIC is plugged into)."""
+
+    alias: str | None  # libvirt's device alias ("net0"): the device-added/removed events name it
+    mac: str | None
+    type: str  # network | bridge | ethernet | direct | ...
+    target: str | None  # the host device: TAP (vnetN, or Nova's pre-made one) or macvtap
+    network: str | None  # <source network>
+    bridge: str | None  # <source bridge> (also in the live XML of a network interface)
+    source_dev: str | None  # <source dev>: a macvtap's parent
+
+    def data(self) -> dict[str, str | None]:
+        return {"alias": self.alias, "mac": self.mac, "type": self.type,
+                "target": self.target, "network": self.network, "bridge": self.bridge,
+                "source_dev": self.source_dev}
+
+
+@dataclass(frozen=True)
+class DomainState:
+    name: str
+    uuid: str
+    active: bool
+    interfaces: tuple[DomainInterface, ...]
+    """From the live definition when active, else the persistent one."""
+
+
 class UpdateSection(StrEnum):
     DHCP_HOST = "ip-dhcp-host"
     DHCP_RANGE = "ip-dhcp-range"
@@ -78,3 +105,9 @@ class VirtBackend(Protocol):
 
     async def update(self, name: str, action: UpdateAction, section: UpdateSection,
                      parent_index: int, xml: str, live: bool, config: bool) -> None: ...
+
+    async def list_domains(self) -> list[DomainState]:
+        """Every domain (running or not) with the interfaces of its current definition."""
+        ...
+
+    async def get_domain(self, uuid: str) -> DomainState | None: ...

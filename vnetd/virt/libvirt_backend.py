@@ -21,7 +21,15 @@ import libvirt
 import libvirtaio
 import structlog
 
-from vnetd.virt.backend import NetworkState, Reason, UpdateAction, UpdateSection, VirtError
+from vnetd.virt.backend import (
+    DomainState,
+    NetworkState,
+    Reason,
+    UpdateAction,
+    UpdateSection,
+    VirtError,
+)
+from vnetd.virt.domain import interfaces_of
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -32,6 +40,27 @@ EVENT_NAMES = {
     libvirt.VIR_NETWORK_EVENT_STARTED: "started",
     libvirt.VIR_NETWORK_EVENT_STOPPED: "stopped",
 }
+# Domain lifecycle events that change what a domain's NICs are plugged into, with the
+# reasons libvirt gives (its `detail`).
+DOMAIN_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED: ("started", {
+        libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED: "booted",
+        libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED: "migrated",
+        libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED: "restored",
+        libvirt.VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT: "from_snapshot",
+        libvirt.VIR_DOMAIN_EVENT_STARTED_WAKEUP: "wakeup"}),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: ("stopped", {
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shutdown",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: "migrated",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: "saved",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed",
+        libvirt.VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: "from_snapshot"}),
+}
+DomainCallback = Callable[[str, str, str, str], None]
+"""on_domain(uuid, name, "started"|"stopped"|"device-added"|"device-removed", detail):
+the lifecycle reason, or the device's alias."""
 _SECTIONS = {
     UpdateSection.DHCP_HOST: libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
     UpdateSection.DHCP_RANGE: libvirt.VIR_NETWORK_SECTION_IP_DHCP_RANGE,
@@ -43,6 +72,7 @@ _COMMANDS = {
 }
 _REASONS: dict[int, Reason] = {
     libvirt.VIR_ERR_NO_NETWORK: Reason.NOT_FOUND,
+    libvirt.VIR_ERR_NO_DOMAIN: Reason.NOT_FOUND,
     libvirt.VIR_ERR_XML_ERROR: Reason.INVALID,
     libvirt.VIR_ERR_XML_DETAIL: Reason.INVALID,
     libvirt.VIR_ERR_INVALID_ARG: Reason.INVALID,
@@ -81,6 +111,7 @@ class LibvirtBackend:
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="libvirt")
         self._conn: Any = None
         self._callback_ids: list[int] = []
+        self._domain_callback_ids: list[int] = []
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -117,11 +148,13 @@ class LibvirtBackend:
 
     # ------------------------------------------------------------ connection (watcher)
     async def open(self, on_event: Callable[[str, str], None],
-                   on_close: Callable[[str], None], keepalive: tuple[int, int] = (5, 3)) -> None:
+                   on_close: Callable[[str], None], keepalive: tuple[int, int] = (5, 3),
+                   on_domain: DomainCallback | None = None) -> None:
         """Open the connection, register lifecycle + close callbacks and keepalive.
 
-        `on_event(name, "defined"|"undefined"|"started"|"stopped")` and
-        `on_close(reason)` are called on the event loop.
+        `on_event(name, "defined"|"undefined"|"started"|"stopped")`, `on_close(reason)`
+        and `on_domain` (domain started/stopped, a device added/removed; see
+        DomainCallback) are called on the event loop.
         """
         register_event_impl()
         loop = asyncio.get_running_loop()
@@ -134,30 +167,56 @@ class LibvirtBackend:
         def closed(_conn: Any, reason: int, _opaque: Any) -> None:
             loop.call_soon_threadsafe(on_close, f"libvirt close reason {reason}")
 
-        def connect() -> tuple[Any, int]:
+        def domain_lifecycle(_conn: Any, dom: Any, event: int, detail: int,
+                             _opaque: Any) -> None:
+            known = DOMAIN_EVENTS.get(event)
+            if known is not None and on_domain is not None:
+                name, reasons = known
+                loop.call_soon_threadsafe(on_domain, dom.UUIDString(), dom.name(), name,
+                                          reasons.get(detail, str(detail)))
+
+        def device(event: str) -> Callable[[Any, Any, str, Any], None]:
+            def callback(_conn: Any, dom: Any, alias: str, _opaque: Any) -> None:
+                if on_domain is not None:
+                    loop.call_soon_threadsafe(on_domain, dom.UUIDString(), dom.name(), event,
+                                              alias)
+            return callback
+
+        def connect() -> tuple[Any, int, list[int]]:
             conn = libvirt.open(self.uri)
             try:
                 conn.registerCloseCallback(closed, None)
                 conn.setKeepAlive(*keepalive)
                 cb = conn.networkEventRegisterAny(
                     None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, lifecycle, None)
+                dom_cbs = [] if on_domain is None else [
+                    conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, domain_lifecycle, None),
+                    conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, device("device-added"),
+                        None),
+                    conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+                        device("device-removed"), None)]
             except BaseException:
                 conn.close()
                 raise
-            return conn, cb
+            return conn, cb, dom_cbs
 
         try:
-            conn, cb = await self._run(connect)
+            conn, cb, dom_cbs = await self._run(connect)
         except libvirt.libvirtError as exc:
             raise VirtError(Reason.UNAVAILABLE, str(exc.get_error_message() or exc),
                             exc.get_error_code()) from None
         self._conn = conn
         self._callback_ids = [cb]
+        self._domain_callback_ids = dom_cbs
 
     async def close(self) -> None:
         """Drop the connection (after a loss, or at stop); never raises."""
         conn, self._conn = self._conn, None
         ids, self._callback_ids = self._callback_ids, []
+        dom_ids, self._domain_callback_ids = self._domain_callback_ids, []
         if conn is None:
             return
 
@@ -166,6 +225,9 @@ class LibvirtBackend:
             for cb in ids:
                 with contextlib.suppress(libvirt.libvirtError):
                     conn.networkEventDeregisterAny(cb)
+            for cb in dom_ids:
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.domainEventDeregisterAny(cb)
             with contextlib.suppress(libvirt.libvirtError):
                 conn.unregisterCloseCallback()
             with contextlib.suppress(libvirt.libvirtError):
@@ -235,3 +297,31 @@ class LibvirtBackend:
         command, sec = _COMMANDS[action], _SECTIONS[section]
         await self._call(
             lambda c: c.networkLookupByName(name).update(command, sec, parent_index, xml, flags))
+
+    # ------------------------------------------------------------ domains (events only)
+    @staticmethod
+    def _domain(dom: Any) -> DomainState:
+        return DomainState(name=dom.name(), uuid=dom.UUIDString(), active=bool(dom.isActive()),
+                           interfaces=interfaces_of(dom.XMLDesc(0)))
+
+    async def list_domains(self) -> list[DomainState]:
+        def work(conn: Any) -> list[DomainState]:
+            out = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    out.append(self._domain(dom))
+                except libvirt.libvirtError as exc:  # undefined while we listed it
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+            return out
+        return await self._call(work)
+
+    async def get_domain(self, uuid: str) -> DomainState | None:
+        def work(conn: Any) -> DomainState | None:
+            try:
+                return self._domain(conn.lookupByUUIDString(uuid))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+        return await self._call(work)

@@ -7,6 +7,9 @@ connection closes, so on loss (close callback, keepalive timeout, or a failed
 open) it reports `degraded`, reconnects with exponential backoff, registers the
 callbacks again, rereads the network list and emits what changed while it was
 away (`"resync": true` in the data). It also adds `networks` to host.snapshot.
+Domain events that concern networking (a guest's NIC on vnetd's networks, bridges
+or TAPs) come through the same connection: see watchers/libvirt_domains.py; their
+running domains are host.snapshot's `domains`.
 
 Callbacks only enqueue; one task turns the queue into events in order.
 """
@@ -21,10 +24,12 @@ import structlog
 
 from vnetd import metrics
 from vnetd.handlers.context import Context
+from vnetd.handlers.host import note_error
 from vnetd.handlers.network import view
 from vnetd.supervisor import TaskTree
 from vnetd.virt.backend import NetworkState, VirtError
 from vnetd.virt.libvirt_backend import LibvirtBackend
+from vnetd.watchers.libvirt_domains import DomainTracker
 
 log = structlog.get_logger(__name__)
 
@@ -51,11 +56,10 @@ class LibvirtWatcher:
         self._lost = asyncio.Event()
         self.tasks = TaskTree(self.name)
         self.snapshot_timeout = SNAPSHOT_TIMEOUT
+        self.domains = DomainTracker(ctx, lambda: self.known)
 
     # ------------------------------------------------------------ Component
     async def start(self) -> None:
-        self.ctx.virt = self.backend
-        self.ctx.extras.setdefault("snapshot_providers", []).append(self.snapshot)
         self._set_state("connecting")
         if not await self._connect_once(first=True):
             self._lost.set()  # not fatal: the supervisor keeps trying
@@ -63,6 +67,7 @@ class LibvirtWatcher:
         # libvirt: both are restarted (with backoff), and degrade the daemon meanwhile.
         self.tasks.spawn("reconnect", self._supervise, restart=True)
         self.tasks.spawn("events", self._drain_events, restart=True)
+        self.tasks.spawn("domains", lambda: self.domains.run(self.backend), restart=True)
 
     async def stop(self) -> None:
         await self.tasks.stop()
@@ -81,15 +86,19 @@ class LibvirtWatcher:
 
     def _on_close(self, reason: str) -> None:
         log.warning("libvirt_connection_lost", reason=reason, uri=self.backend.uri)
+        note_error(self.states, STATE_KEY, f"connection to {self.backend.uri} lost: {reason}")
         self._set_state("degraded")
         self._lost.set()
 
     async def _connect_once(self, *, first: bool = False) -> bool:
         try:
-            await self.backend.open(self._on_event, self._on_close)
+            await self.backend.open(self._on_event, self._on_close,
+                                    on_domain=self.domains.on_event)
             states = await self.backend.list_networks()
         except VirtError as exc:
             log.warning("libvirt_connect_failed", uri=self.backend.uri, error=exc.message)
+            note_error(self.states, STATE_KEY, f"cannot connect to {self.backend.uri}: "
+                                               f"{exc.message}")
             await self.backend.close()
             self._set_state("degraded")
             return False
@@ -97,6 +106,7 @@ class LibvirtWatcher:
         if not first or self.known:
             metrics.RESYNCS.labels(reason="libvirt_reconnect").inc()
         self._resync(states, emit=not first)
+        self.domains.request_resync(emit=not first)
         self._set_state("connected")
         log.info("libvirt_connected", uri=self.backend.uri, networks=len(states))
         return True
@@ -173,4 +183,5 @@ class LibvirtWatcher:
         except TimeoutError:
             return {"networks": None,
                     "networks_error": f"libvirtd did not answer within {self.snapshot_timeout:g}s"}
-        return {"networks": sorted((view(s) for s in states), key=lambda v: str(v["name"]))}
+        return {"networks": sorted((view(s) for s in states), key=lambda v: str(v["name"])),
+                "domains": self.domains.snapshot()}

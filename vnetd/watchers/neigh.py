@@ -34,7 +34,7 @@ import structlog
 from vnetd.aio import cancel_and_wait
 from vnetd.contract.events import EventSink
 from vnetd.handlers.context import Context
-from vnetd.handlers.overlay_state import OverlayState, State, state_of
+from vnetd.handlers.overlay_state import OverlayState, State
 from vnetd.net import overlay_wire as w
 
 log = structlog.get_logger("vnetd.watchers.neigh")
@@ -65,7 +65,7 @@ class NeighWatcher:
                  open_socket: Callable[[], socket.socket]) -> None:
         self.ctx = ctx
         self.sink = sink
-        self.state: OverlayState = state_of(ctx.extras)
+        self.state: OverlayState = ctx.overlay
         self._open = open_socket
         self._sock: socket.socket | None = None
         self._resync: asyncio.Task[None] | None = None
