@@ -8,6 +8,7 @@
 #   scripts/run.sh stop     stop what earlier runs started (the broker, libvirtd): only what
 #                           they recorded under .run/, nothing that was already running.
 #   VNETD_CONFIG=path/to/vnetd.toml scripts/run.sh   (default: config/vnetd.toml)
+#   VNETD_RUN_DIR=dir                                (default: .run/ in the checkout)
 #
 # The daemon manages the network namespace it runs in ([netlink] netns = ""): run this where
 # its bridges and TAPs are meant to go (e.g. `ip netns exec NS scripts/run.sh`).
@@ -19,7 +20,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { printf '[run] %s\n' "$*" >&2; }
 die() { printf '[run] ERROR: %s\n' "$*" >&2; exit 1; }
-RUN_DIR=$ROOT/.run
+RUN_DIR=${VNETD_RUN_DIR:-$ROOT/.run}   # what run.sh started: pids, logs, records
 CONFIG=${VNETD_CONFIG:-config/vnetd.toml}
 
 # ---------------------------------------------------------------- stop
