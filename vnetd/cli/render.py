@@ -171,6 +171,9 @@ def _link_line(link: dict[str, Any]) -> str:
         parts.append(f"mtu {link['mtu']}")
     if link.get("mac"):
         parts.append(link["mac"])
+    vx = link.get("vxlan")
+    if vx:  # a segment's port: which segment, and how many hosts it floods to
+        parts.append(f"vni {vx.get('vni')} remotes {vx.get('remotes')}")
     parts.append("owned" if link.get("owned") else "not owned")
     return "  ".join(parts)
 
