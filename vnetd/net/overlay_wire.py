@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from vnetd.net import rtnl
+from vnetd.net.model import CREATING_GROUP
 from vnetd.net.overlay import (
     NTF_EXT_LEARNED,
     NTF_SELF,
@@ -103,7 +104,9 @@ def vxlan_create_body(spec: VxlanSpec) -> bytes:
     data += attr_u8(VXLAN_PROXY, int(spec.proxy))
     data += attr_u8(VXLAN_TTL, spec.ttl)
     data += attr_u8(VXLAN_TOS, spec.tos)
-    body = ifinfo() + attr_str(IFLA_IFNAME, spec.name)
+    # Born in CREATING_GROUP (the kernel ignores an alias here): see net/model.py.
+    body = ifinfo() + attr_str(IFLA_IFNAME, spec.name) + attr_u32(rtnl.IFLA_GROUP,
+                                                               CREATING_GROUP)
     if spec.mtu is not None:
         body += attr_u32(IFLA_MTU, spec.mtu)
     return body + rtnl.linkinfo("vxlan", data)
