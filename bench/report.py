@@ -182,44 +182,88 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+COMPARISONS = {
+    # scenario: [(vnetd way, baseline way)], one group of bars each; goals come from GOALS
+    "plug": [("vnetd jobs x64", "no-op responder x64"),
+             ("vnetd jobs x64", "ip per step (subprocess)"),
+             ("vnetd one batch", "ip -batch"),
+             ("vnetd one batch, pipelined", "ip -batch"),
+             ("vnetd jobs x1", "no-op responder x1")],
+    "unplug": [("vnetd jobs x64", "ip per step (subprocess)"),
+               ("vnetd jobs x64", "ip -batch (group delete)"),
+               ("vnetd one batch, pipelined", "ip -batch (group delete)"),
+               ("vnetd one batch", "ip -batch")],
+}
+
+
+def ratios(data: dict[str, Any], scenario: str) -> list[dict[str, Any]]:
+    """Per comparison of `scenario`: {vnetd, baseline, goal, by_n: {n: ratio}} from medians
+    measured side by side in the same run."""
+    ops = {(r["way"], r["n"]): r["ops_per_s"] for r in data["medians"]
+           if r["scenario"] == scenario}
+    goal_of = {(num, den): thr for _, _, num, den, scen, thr in GOALS if scen == scenario}
+    out = []
+    for num, den in COMPARISONS.get(scenario, []):
+        by_n = {n: ops[(num, n)] / ops[(den, n)] for (way, n) in sorted(ops)
+                if way == num and ops.get((den, n))}
+        if by_n:
+            out.append({"vnetd": num, "baseline": den, "goal": goal_of.get((num, den)),
+                        "by_n": by_n})
+    return out
+
+
 def plots(data: dict[str, Any], out_dir: Path) -> None:
+    """plug.png / unplug.png: vnetd / baseline per comparison, one bar per N, goal lines;
+    scale.png: start time, snapshot time and memory against existing interfaces."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from cycler import cycler
-
-    plt.rcParams["axes.prop_cycle"] = cycler(color=plt.get_cmap("tab20").colors)
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     for scenario in ("plug", "unplug"):
-        rows = [r for r in data["medians"] if r["scenario"] == scenario]
-        if not rows:
+        comps = ratios(data, scenario)
+        if not comps:
             continue
-        by_way: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in rows:
-            by_way[r["way"]].append(r)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-        for way, rs in sorted(by_way.items()):
-            rs.sort(key=lambda r: r["n"])
-            ax1.plot([r["n"] for r in rs], [r["ops_per_s"] for r in rs], marker="o", label=way)
-            lat = [r for r in rs if r.get("p99_ms") is not None]
-            if lat:
-                ax2.plot([r["n"] for r in lat], [r["p50_ms"] for r in lat], marker="o",
-                         label=f"{way} p50")
-                ax2.plot([r["n"] for r in lat], [r["p99_ms"] for r in lat], marker="x",
-                         linestyle="--", label=f"{way} p99")
-        for ax in (ax1, ax2):
-            ax.set_xscale("log")
-            ax.set_xlabel("N TAPs")
-            ax.grid(True, alpha=0.3)
-        ax1.set_yscale("log")
-        ax1.set_ylabel("TAPs per second")
-        ax1.set_title(f"{scenario}: throughput")
-        ax1.legend(fontsize=7)
-        ax2.set_yscale("log")
-        ax2.set_ylabel("latency per operation (ms)")
-        ax2.set_title(f"{scenario}: latency per job / step")
-        ax2.legend(fontsize=6)
+        sizes = sorted({n for c in comps for n in c["by_n"]})
+        width = 0.8 / len(sizes)
+        colors = plt.get_cmap("Blues")([0.45 + 0.5 * i / max(len(sizes) - 1, 1)
+                                        for i in range(len(sizes))])
+        fig, ax = plt.subplots(figsize=(12.5, 5.2))
+        for j, n in enumerate(sizes):
+            xs = [i - 0.4 + width * (j + 0.5) for i, c in enumerate(comps) if n in c["by_n"]]
+            ys = [c["by_n"][n] for c in comps if n in c["by_n"]]
+            bars = ax.bar(xs, ys, width * 0.92, color=colors[j], label=f"N = {n:,}",
+                          edgecolor="#333333", linewidth=0.4)
+            ax.bar_label(bars, labels=[f"{y:.2g}x" for y in ys], fontsize=7, padding=2)
+        goal_drawn = False
+        for i, c in enumerate(comps):
+            if c["goal"] is not None:
+                ax.hlines(c["goal"], i - 0.45, i + 0.45, colors="#c62828", linewidth=2.2,
+                          label=None if goal_drawn else "goal")
+                ax.annotate(f"goal {c['goal']:g}x", (i + 0.45, c["goal"]), fontsize=7,
+                            color="#c62828", ha="right", va="bottom")
+                goal_drawn = True
+        ax.axhline(1.0, color="#555555", linestyle="--", linewidth=1,
+                   label="as fast as the baseline")
+        ax.set_yscale("log")
+        every = [y for c in comps for y in c["by_n"].values()] + [
+            c["goal"] for c in comps if c["goal"]]
+        lo, hi = min([*every, 1.0]) / 1.6, max([*every, 1.0]) * 1.8
+        ax.set_ylim(lo, hi)
+        ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if lo <= t <= hi]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}x"))
+        ax.set_xticks(range(len(comps)))
+        ax.set_xticklabels([f"{c['vnetd']}\nvs {c['baseline']}" for c in comps], fontsize=8)
+        ax.set_ylabel("vnetd / baseline (TAPs per second; higher is better)")
+        what = "created and attached" if scenario == "plug" else "deleted"
+        ax.set_title(f"{scenario}: N TAPs {what}; vnetd as a multiple of each baseline "
+                     "(medians, same run)", fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+        # Outside the axes: tall bars and goal lines stay readable.
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         fig.savefig(out_dir / f"{scenario}.png", dpi=90)
         plt.close(fig)

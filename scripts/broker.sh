@@ -5,7 +5,8 @@
 #       The machine's broker in the root namespace (used by scripts/run.sh):
 #       `start` does nothing if something already speaks AMQP on 127.0.0.1:P,
 #       else `rabbitmq-server -detached` and waits until the AMQP port really
-#       accepts connections. `stop` is `rabbitmqctl stop`.
+#       accepts connections. `stop` is `rabbitmqctl stop`, then the node's epmd
+#       (unless another Erlang node still uses it).
 #
 #   broker.sh start|stop|restart|kill|wait|status|ctl|env \
 #             --netns NS --base DIR [--node NAME] [--port P] [--dist-port P]
@@ -17,7 +18,8 @@
 #       restart        stop (SIGTERM, graceful) + start; about 2.5 s + 4.5 s here
 #       restart --app  rabbitmqctl stop_app/start_app: the Erlang VM stays up,
 #                      every AMQP connection is closed; about 1 s
-#       kill           SIGKILL the node (crash; no graceful shutdown)
+#       stop           SIGTERM the node, then its epmd (unless another node uses it)
+#       kill           SIGKILL the node (crash; no graceful shutdown), then its epmd
 #       ctl -- ARGS    rabbitmqctl ARGS against the private node
 #       env            print the settings as shell assignments
 #
@@ -72,6 +74,23 @@ wait_amqp() {
     done
 }
 
+# epmd (the Erlang port mapper) is started by the node but outlives it: after a stop,
+# end the epmd of this network namespace too, unless other nodes still use it.
+stop_epmd() {
+    local names ino p
+    names=$(in_ns epmd -names 2>/dev/null) || return 0   # no epmd answers here
+    if grep -q '^name ' <<<"$names"; then
+        log "epmd left running: it still serves $(grep -c '^name ' <<<"$names") node(s)"
+        return 0
+    fi
+    if [[ -n $NETNS ]]; then ino=$(stat -L -c %i "/run/netns/$NETNS")
+    else ino=$(stat -L -c %i /proc/self/ns/net); fi
+    for p in $(pgrep -x epmd); do
+        [[ $(stat -L -c %i "/proc/$p/ns/net" 2>/dev/null) == "$ino" ]] || continue
+        kill "$p" 2>/dev/null && log "epmd stopped (pid $p)"
+    done
+}
+
 # ------------------------------------------------------------------ root broker
 root_main() {
     case $CMD in
@@ -89,7 +108,7 @@ root_main() {
             wait_amqp || die "AMQP port $PORT never accepted connections"
             log "broker up in $((SECONDS - t0))s"
             ;;
-        stop) rabbitmqctl stop ;;
+        stop) rabbitmqctl stop; stop_epmd ;;
         restart) "$0" stop; "$0" start ;;
         wait) wait_amqp || die "no AMQP on 127.0.0.1:$PORT after ${TIMEOUT}s" ;;
         status) if amqp_answers; then echo up; else echo down; return 1; fi ;;
@@ -202,8 +221,8 @@ stop_private() {
 
 case $CMD in
     start) start_private ;;
-    stop) stop_private TERM ;;
-    kill) stop_private KILL ;;
+    stop) stop_private TERM; stop_epmd ;;
+    kill) stop_private KILL; stop_epmd ;;
     restart)
         if ((APP_ONLY)); then
             as_rabbit "$RMQ_BIN/rabbitmqctl" -q -n "$NODE" stop_app

@@ -3,9 +3,10 @@
 #   setup.sh          what running the daemon needs
 #   setup.sh --test   that, plus what the test suite needs
 #   1. apt packages (installed only when missing; apt-get update at most once)
-#   2. .venv/ in the repo root with `pip install -e '.[dev]'`
+#   2. .venv/ in the repo root with `pip install -e .` (with --test: `-e '.[dev]'`)
 #      (pip re-runs only when pyproject.toml changed: stamp in .venv/.vnetd-setup-stamp)
-# Fast path (everything present) takes well under 2 s.
+# Fast path (everything present) takes well under 2 s. Offline, it fails within seconds
+# naming what is missing (apt and pip are asked with short timeouts and no retries).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,8 +31,11 @@ APT_TEST_PACKAGES=(
     busybox iputils-ping            # namespace guests: udhcpc, ping
     qemu-system-x86 kmod xz-utils zstd   # real guests: QEMU (TCG); depmod/modprobe/unxz for scripts/guest-image.sh
     systemd-container               # test_systemd_nspawn.py: systemd-nspawn boots the units under a real systemd
+    graphviz                        # `vnetctl show --format svg` (client side; its tests)
 )
+TEST=0
 if [[ ${1:-} == --test ]]; then
+    TEST=1
     APT_PACKAGES+=("${APT_TEST_PACKAGES[@]}")
 fi
 
@@ -75,8 +79,13 @@ if ((${#MISSING[@]})); then
         printf '#!/bin/sh\nexit 101\n' >"$POLICY"; chmod +x "$POLICY"; CREATED_POLICY=1
     fi
     trap '[[ $CREATED_POLICY -eq 1 ]] && rm -f "$POLICY"' EXIT
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${MISSING[@]}"
+    # Short timeouts, no retries, and a failed fetch is an error (apt-get update alone
+    # exits 0 offline): without a mirror this fails in seconds, naming what is missing.
+    APT_NET=(-o Acquire::http::Timeout=5 -o Acquire::https::Timeout=5 -o Acquire::Retries=0)
+    timeout 120 apt-get update -q --error-on=any "${APT_NET[@]}" \
+        || die "cannot reach the package mirror (offline?); missing apt packages: ${MISSING[*]}"
+    timeout 1800 apt-get install -y -q --no-install-recommends "${APT_NET[@]}" "${MISSING[@]}" \
+        || die "apt-get install failed; missing apt packages: ${MISSING[*]}"
     if [[ $CREATED_POLICY -eq 1 ]]; then rm -f "$POLICY"; fi
     trap - EXIT
     mapfile -t STILL < <(missing_packages)
@@ -102,13 +111,47 @@ if [[ ! -x $VENV/bin/python ]]; then
     "$PY" -m venv "$VENV"
 fi
 
+# The Python requirements of pyproject.toml (with --test, also [dev]) not installed in
+# the venv, by name: what an offline failure reports.
+missing_python() {
+    "$VENV/bin/python" - "$TEST" <<'PY'
+import re, sys, tomllib
+from importlib import metadata
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+reqs = list(project["dependencies"])
+if sys.argv[1] == "1":
+    reqs += project["optional-dependencies"]["dev"]
+for req in reqs:
+    name = re.match(r"[A-Za-z0-9_.-]+", req).group(0)
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        print(name)
+PY
+}
+
+pip_failed() {
+    local missing
+    missing="$(missing_python | tr '\n' ' ')"
+    die "pip could not install (offline? the package index did not answer within 5 s)${missing:+; missing Python packages: $missing}"
+}
+
 STAMP="$VENV/.vnetd-setup-stamp"
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
-if [[ ! -f $STAMP || "$(cat "$STAMP")" != "$WANT" || ! -x $VENV/bin/vnetd ]]; then
-    log "pip install -e '.[dev]' (pyproject.toml changed or first run)"
-    "$VENV/bin/python" -m pip install -q --upgrade 'pip>=23' 'setuptools>=68' wheel
-    "$VENV/bin/python" -m pip install -q -e '.[dev]'
-    printf '%s\n' "$WANT" >"$STAMP"
+EXTRAS=$([[ $TEST == 1 ]] && echo "[dev]" || echo "")
+BASE="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')"
+HAVE="$(cat "$STAMP" 2>/dev/null || true)"
+# A test set-up ([dev]) also serves running; a run set-up does not serve the tests.
+if [[ ! -x $VENV/bin/vnetd || ( $HAVE != "$BASE [dev]" && $HAVE != "$BASE $EXTRAS" ) ]]; then
+    log "pip install -e '.$EXTRAS' (pyproject.toml changed or first run)"
+    PIP=("$VENV/bin/python" -m pip install -q --retries 0 --timeout 5)
+    if ! "$VENV/bin/python" -c 'import setuptools, wheel, sys; from importlib.metadata import version as v
+sys.exit(int(v("pip").split(".")[0]) < 23 or int(v("setuptools").split(".")[0]) < 68)' 2>/dev/null; then
+        "${PIP[@]}" --upgrade 'pip>=23' 'setuptools>=68' wheel || pip_failed
+    fi
+    # The build tools are in the venv: no isolated build env to download.
+    "${PIP[@]}" --no-build-isolation -e ".$EXTRAS" || pip_failed
+    printf '%s %s\n' "$BASE" "$EXTRAS" >"$STAMP"
 fi
 
 log "ok ($(( SECONDS ))s)"

@@ -135,6 +135,39 @@ async def test_kill9_inside_bridge_creation_is_finished_by_the_redelivery(
     assert again["ok"] is True and again["result"]["created"] is False
 
 
+@pytest.mark.parametrize("point", ["after_create", "after_mark"])
+async def test_kill9_inside_vxlan_creation_is_finished_by_the_redelivery(
+        rpc: RawRpc, start_daemon: Any, netns: str, point: str) -> None:
+    """Any netlink-created kind follows the bridge's rule: born in CREATING_GROUP."""
+    for args in (("link", "add", "u0", "type", "veth", "peer", "name", "u1"),
+                 ("addr", "add", "192.0.2.1/24", "dev", "u0"),
+                 ("link", "set", "u0", "up"), ("link", "set", "u1", "up")):
+        ns.run_in(netns, "ip", *args)
+    d: DaemonProcess = await start_daemon(netns=netns,
+                                          env={"VNETD_FAILPOINTS": f"{point}:vxlan"})
+    args = {"name": "vx0", "vni": 7, "local": "192.0.2.1"}
+    call = asyncio.create_task(rpc.call(d.host_id, "vxlan.ensure", args,
+                                        message_id=str(uuid.uuid4()), timeout=60))
+    await _wait_dead(d)
+    assert d.returncode == -9
+    left = ns.link(netns, "vx0")
+    assert left is not None and left["group"] == str(CREATING_GROUP)
+    assert left.get("ifalias") == (OWNER_ALIAS if point == "after_mark" else None)
+
+    d.env.clear()
+    await d.start()
+    reply = await call
+    assert reply["ok"] is True, reply
+    assert reply["result"]["created"] is True and reply["result"]["owned"] is True
+    links = ns.links(netns)
+    assert set(links) == {"lo", "u0", "u1", "vx0"}  # finished in place, nothing else
+    vx = links["vx0"]
+    assert vx["ifalias"] == OWNER_ALIAS and vx["group"] == "default" and "UP" in vx["flags"]
+    assert vx["linkinfo"]["info_data"]["id"] == 7
+    again = await rpc.call(d.host_id, "vxlan.ensure", args)
+    assert again["ok"] is True and again["result"]["created"] is False
+
+
 async def test_poison_message_is_dead_lettered_while_other_jobs_flow(
         rpc: RawRpc, start_daemon: Any, netns: str, amqp_url: str) -> None:
     """A job that kills the daemon every time ends in vnetd.dead; the 20 jobs queued

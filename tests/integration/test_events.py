@@ -154,7 +154,8 @@ async def test_snapshot_then_events_follow_the_kernel(start_daemon, lab: Lab, ne
         batch = "".join(f"link add sv{i} type veth peer name sw{i}\n" for i in range(100))
         proc = asyncio.create_task(asyncio.to_thread(
             netns_mod._run, ["ip", "-n", netns, "-batch", "-"], input=batch))
-        await asyncio.sleep(0.01)
+        # Snapshot once the changes are visibly under way (the first veth is in events).
+        await sub.wait_type("link.added", "sv0", timeout=30)
         snap = await rpc.call(host, "host.snapshot", {})
         await proc
         follower = LinkFollower()
@@ -186,11 +187,15 @@ async def test_vnetctl_events_prints_one_line_per_event(start_daemon, lab: Lab, 
         assert time.monotonic() < deadline, "vnetctl events never bound its queue"
         assert proc.returncode is None, "vnetctl events exited before binding"
         await asyncio.sleep(0.2)
+    assert proc.stdout is not None
+    # Each change once the line of the one before is printed: two changes close
+    # together may be merged into one event (one event per change of state).
     ip(netns, "tuntap", "add", "dev", "clitap", "mode", "tap")
+    first = await asyncio.wait_for(proc.stdout.readline(), 20)
     ip(netns, "link", "set", "clitap", "mtu", "1300")
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err
-    lines = out.decode().splitlines()
+    lines = [first.decode().rstrip("\n"), *out.decode().splitlines()]
     assert len(lines) == 2, lines
     assert f" {host} #" in lines[0] and " link.added clitap tap down mtu 1500" in lines[0]
     # (the kernel does not notify TUNSETPERSIST nor the carrier drop of a down TAP:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tests.unit.fakes import Call, FakeLink, FakeNet
 from vnetd.contract.errors import Conflict, NotFound, Unsupported, VnetdError
+from vnetd.net.model import CREATING_GROUP
 from vnetd.net.overlay import (
     NTF_EXT_LEARNED,
     NTF_SELF,
@@ -68,8 +69,10 @@ class FakeOverlay:
                               name=spec.name, feature="vxlan", errno=errno.EOPNOTSUPP)
         self.net._require_free(spec.name)
         index = self.net._new_index()
+        # Born unmarked in CREATING_GROUP, as overlay_wire.vxlan_create_body asks.
         self.net.links[index] = FakeLink(index=index, name=spec.name, kind="vxlan",
-                                         mtu=spec.mtu or 1450, mac=self.net._mac(index))
+                                         mtu=spec.mtu or 1450, mac=self.net._mac(index),
+                                         group=CREATING_GROUP)
         self.infos[index] = VxlanInfo(vni=spec.vni, local=spec.local, link=spec.link,
                                       port=spec.port, learning=spec.learning,
                                       proxy=spec.proxy, ttl=spec.ttl, tos=spec.tos)

@@ -1,4 +1,4 @@
-"""`vnetctl events`: argument routing, one line per event, gap lines, --type filter."""
+"""`vnetctl events`: one line per event, gap lines, --type filter (routing: test_vnetctl)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,6 @@ from dataclasses import dataclass
 import pytest
 
 from vnetd.cli import events as cli
-
-
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["events"], True),
-    (["--host", "hv1", "events", "--follow"], True),
-    (["--url", "amqp://x", "--json", "events"], True),
-    (["--host", "events", "bridge.list"], False),  # "events" is the value of --host here
-    (["bridge.list"], False),
-    ([], False),
-])
-def test_wants(argv: list[str], expected: bool) -> None:
-    assert cli.wants(argv) is expected
 
 
 def ce(seq: int, type_: str, subject: str | None, data: dict, epoch: str = "e1") -> dict:

@@ -8,6 +8,9 @@ from pathlib import Path
 import vnetd
 
 FORBIDDEN_MODULES = {"subprocess", "pty"}
+# vnetctl draws pictures with Graphviz's `dot` on the operator's machine: the one client-side
+# module that may start a program. Nothing of the daemon imports vnetd.cli (import-linter).
+CLIENT_SIDE = {"cli/graphviz.py"}
 FORBIDDEN_CALLS = {("os", "system"), ("os", "popen"), ("asyncio", "create_subprocess_exec"),
                    ("asyncio", "create_subprocess_shell")}
 
@@ -30,7 +33,8 @@ def _violations(path: Path) -> list[str]:
 
 def test_no_module_of_the_daemon_runs_a_process() -> None:
     root = Path(vnetd.__file__).parent
-    files = sorted(root.rglob("*.py"))
+    files = sorted(f for f in root.rglob("*.py")
+                   if f.relative_to(root).as_posix() not in CLIENT_SIDE)
     assert len(files) > 20  # the scan really covers the package
     violations = [v for f in files for v in _violations(f)]
     assert violations == []

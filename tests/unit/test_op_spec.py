@@ -91,7 +91,7 @@ SAMPLES: dict[str, tuple[dict[str, Any], tuple[str, ...], tuple[str, ...], tuple
                         "host": {"mac": "02:00:00:00:00:01", "ip": "192.168.150.20"}},
                        ("network:n1",), (), (), 0.0, "n1"),
     "vxlan.ensure": ({"name": "vx1", "vni": 5, "local": "192.0.2.1", "bridge": "br0"},
-                     ("link:vx1",), ("link:br0",), (), 0.0, "vx1"),
+                     ("link:vx1",), ("link:br0",), ("vx1", "br0"), 0.0, "vx1"),
     "vxlan.delete": ({"name": "vx1"}, ("link:vx1",), (), (), 0.0, "vx1"),
     "fdb.converge": ({"name": "vx1", "remotes": ["192.0.2.2"]}, ("link:vx1",), (), (), 0.0,
                      "vx1"),

@@ -98,3 +98,24 @@ def test_unavailable_is_retried_only_when_nobody_would_be_told(delivery: Deliver
 def test_only_temporary_failures_are_retried(error: VnetdError) -> None:
     outcome = failure(error, delivery=Delivery(reply_to=False, attempt=1, attempts=5))
     assert outcome.action in (Action.ACK, Action.DEAD_LETTER)
+
+
+def _batch(*codes: str | None) -> dict[str, object]:
+    results = [{"ok": True, "result": {}} if c is None else
+               {"ok": False, "error": {"code": c, "message": f"{c} here", "details": {}}}
+               for c in codes]
+    return {"results": results, "failed": sum(c is not None for c in codes), "skipped": 0,
+            "completed": sum(c is None for c in codes)}
+
+
+def test_a_batch_without_reply_to_that_met_unavailable_is_retried_whole() -> None:
+    quiet = Delivery(reply_to=False, attempt=1, attempts=3)
+    outcome = success(_batch(None, "unavailable", "conflict"), op="batch", delivery=quiet)
+    assert outcome.action is Action.RETRY
+    assert outcome.reason is not None and "1 command(s) of the batch met unavailable" in \
+        outcome.reason and "unavailable here" in outcome.reason
+    last = Delivery(reply_to=False, attempt=3, attempts=3)
+    assert success(_batch("unavailable"), op="batch", delivery=last).action is Action.GIVE_UP
+    # With reply_to the caller reads the results itself; without unavailable, nothing to retry.
+    assert success(_batch("unavailable"), op="batch").action is Action.ACK
+    assert success(_batch(None, "conflict"), op="batch", delivery=quiet).action is Action.ACK

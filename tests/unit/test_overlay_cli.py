@@ -73,3 +73,12 @@ async def test_ensure_segment_results_and_table() -> None:
     assert {op for _, op, _ in client.sent} == {"batch"}
     text = segment.result_table(results)
     assert "FAILED at vxlan.ensure: MTU too big" in text and text.splitlines()[0].startswith("HOST")
+
+
+def test_show_tree_names_the_segment() -> None:
+    from vnetd.cli.render import show_tree
+    links = [{"name": "br-a", "kind": "bridge", "state": "up", "owned": True, "master": None},
+             {"name": "vx-a", "kind": "vxlan", "state": "up", "owned": True, "master": "br-a",
+              "vxlan": {"vni": 100, "remotes": 2}}]
+    text = show_tree("hv1", links, [])
+    assert "vx-a  vxlan  up  vni 100 remotes 2  owned" in text

@@ -92,7 +92,7 @@ def test_progress_bar() -> None:
 
 
 def test_ops_lists_every_op(capsys: pytest.CaptureFixture[str]) -> None:
-    assert vnetctl.main(["--json", "", "ops"]) == 0
+    assert vnetctl.main(["--json", "ops"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert set(listed) == set(OPS)
     assert "name" in listed["tap.ensure"] and "bridge" in listed["tap.ensure"]
@@ -115,7 +115,9 @@ def test_usage_errors_exit_64_without_a_broker(tmp_path: Path) -> None:
     url = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens: usage must fail first
     assert vnetctl.main(["--url", url, "--host", "h", "tap.ensure", "nokeyvalue"]) == 64
     assert vnetctl.main(["--url", url, "--host", "h", "apply", str(tmp_path / "no")]) == 64
+    assert vnetctl.main(["--url", url, "--all-hosts", "apply", str(tmp_path / "no")]) == 64
     assert vnetctl.main(["completion", "zsh"]) == 64
+    assert vnetctl.main([]) == 64
 
 
 def _complete(script: str, words: list[str]) -> list[str]:
@@ -130,11 +132,29 @@ def _complete(script: str, words: list[str]) -> list[str]:
 
 
 def test_bash_completion_completes_commands_ops_and_keys() -> None:
-    script = bash_script(sorted(vnetctl.BUILTINS), vnetctl.op_fields())
+    script = bash_script(vnetctl.build_parser(), vnetctl.op_fields())
     assert set(_complete(script, ["vnetctl", "tap."])) == {"tap.ensure", "tap.delete"}
     assert "hosts" in _complete(script, ["vnetctl", "--host", "hv1", "h"])
+    assert "events" in _complete(script, ["vnetctl", "e"])
     assert set(_complete(script, ["vnetctl", "--host", "hv1", "tap.ensure", "br"])) == {
         "bridge="}
     assert "--all-hosts" in _complete(script, ["vnetctl", "--a"])
-    assert _complete(script, ["vnetctl", "--progress", "al"]) == ["always"]
+    assert _complete(script, ["vnetctl", "apply", "--progress", "al"]) == ["always"]
+    assert _complete(script, ["vnetctl", "--output", "y"]) == ["yaml"]
+    assert _complete(script, ["vnetctl", "show", "--format", "s"]) == ["svg"]
     assert _complete(script, ["vnetctl", "completion", ""]) == ["bash"]
+    assert "--follow" in _complete(script, ["vnetctl", "events", "--f"])
+
+
+def test_completion_offers_exactly_the_parsers_options() -> None:
+    """Generated, not a copy: every option the parser accepts, and nothing else."""
+    import argparse
+    parser = vnetctl.build_parser()
+    script = bash_script(parser, vnetctl.op_fields())
+    top = {o for a in parser._actions for o in a.option_strings}
+    assert set(_complete(script, ["vnetctl", "-"])) == top
+    assert "--version" in top and "--json" in top
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    show = {o for a in sub.choices["show"]._actions for o in a.option_strings}
+    assert set(_complete(script, ["vnetctl", "show", "-"])) == show
+    assert "--format" in show

@@ -162,7 +162,7 @@ class JobConsumer:
     async def _run(self, cmd: Command, delivery: Delivery) -> Outcome:
         """The job's outcome; never raises (but for a cancellation)."""
         try:
-            return success(await run_to_end(self.execute(cmd)))
+            return success(await run_to_end(self.execute(cmd)), op=cmd.op, delivery=delivery)
         except VnetdError as exc:
             return failure(exc, delivery=delivery)
         except Exception as exc:  # the dispatcher turns bugs into Internal: one it missed

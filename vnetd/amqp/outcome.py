@@ -13,6 +13,8 @@
   reply when asked, then dead-letter, so the message is kept for inspection
   instead of looping.
 - a result that cannot be serialised is a bug too: `internal`, as above.
+- a batch without `reply_to` in which a command met `unavailable` is
+  retried as a whole, like a single job (its other commands converge again).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from vnetd.contract.errors import ErrorCode, Internal, VnetdError
+from vnetd.contract.errors import ErrorCode, Internal, Unavailable, VnetdError
 
 
 class Action(Enum):
@@ -69,7 +71,12 @@ class Outcome:
         return None if self.error is None else str(self.error["code"])
 
 
-def success(result: dict[str, Any]) -> Outcome:
+def success(result: dict[str, Any], *, op: str | None = None,
+            delivery: Delivery = ANSWERED) -> Outcome:
+    if op == "batch" and not delivery.reply_to:
+        temporary = _unavailable_in_batch(result)
+        if temporary is not None:
+            return failure(temporary, delivery=delivery)
     try:
         body = orjson.dumps({"ok": True, "result": result})
     except (orjson.JSONEncodeError, TypeError) as exc:
@@ -77,6 +84,17 @@ def success(result: dict[str, Any]) -> Outcome:
         return failure(Internal(f"the job's result cannot be serialised: {exc}",
                                 result_type=type(result).__name__))
     return Outcome(body, Action.ACK, result=result)
+
+
+def _unavailable_in_batch(result: dict[str, Any]) -> Unavailable | None:
+    """Unavailable, when a command of this batch result met it (None otherwise)."""
+    errors = [r.get("error") or {} for r in result.get("results") or ()
+              if isinstance(r, dict) and not r.get("ok", True)]
+    temporary = [e for e in errors if e.get("code") == ErrorCode.UNAVAILABLE.value]
+    if not temporary:
+        return None
+    return Unavailable(f"{len(temporary)} command(s) of the batch met unavailable, the first: "
+                       f"{temporary[0].get('message')}", commands=len(temporary))
 
 
 def failure(error: VnetdError, *, malformed: bool = False,

@@ -8,11 +8,13 @@ import json
 import sys
 
 from vnetd import __version__
-from vnetd.config import ConfigError, Settings, load_settings
+from vnetd.config import ConfigError, Settings, find_config, load_settings
+from vnetd.config.locate import SYSTEM_CONFIG
 
 EX_OK = 0
 EX_CONFIG = 78  # sysexits.h: configuration error
-DEFAULT_CONFIG = "/etc/vnetd/vnetd.toml"
+CONFIG_HELP = ("TOML config file (default: $VNETD_CONFIG, else the checkout's "
+               "config/vnetd.toml, else /etc/vnetd/vnetd.toml)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,20 +22,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vnetd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config file")
+    run.add_argument("--config", default=None, help=CONFIG_HELP)
     check = sub.add_parser("check-config", help="validate a config and print the effective one")
-    check.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config file")
+    check.add_argument("--config", default=None, help=CONFIG_HELP)
     clean = sub.add_parser(
         "cleanup", help="remove vnetd's orphaned devices now (asks the running daemon, "
         "or sweeps locally when none answers)")
-    clean.add_argument("--config", default=DEFAULT_CONFIG, help="TOML config file")
+    clean.add_argument("--config", default=None, help=CONFIG_HELP)
     clean.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     clean.add_argument("--local", action="store_true", help="sweep here, do not ask the daemon")
     clean.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
-def _load(path: str) -> Settings:
+def _load(flag: str | None) -> Settings:
+    # The same search as vnetctl's (vnetd/config/locate.py); with no file anywhere the
+    # error names the system path, where an installed host keeps it.
+    path = find_config(flag) or SYSTEM_CONFIG
     try:
         return load_settings(path)
     except ConfigError as exc:

@@ -25,42 +25,32 @@ from aio_pika.abc import AbstractIncomingMessage
 
 EXCHANGE = "vnetd.events"
 TYPE_PREFIX = "io.vnetd."
-EX_USAGE = 64
 EX_UNAVAILABLE = 69
-# vnetctl options that take a value: skipped when looking for the first positional.
-_VALUED = {"--url", "--host", "--timeout", "--message-id", "--type", "--count"}
+DEFAULT_TIMEOUT = 5.0
 
 
-def wants(argv: list[str]) -> bool:
-    """True when the first positional argument of a vnetctl command line is `events`."""
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in _VALUED:
-            skip = True
-            continue
-        if arg.startswith("-"):
-            continue
-        return arg == "events"
-    return False
-
-
-def parser(url: str, host: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vnetctl events",
-                                description="Print vnetd events as they arrive.")
-    p.add_argument("--url", default=url, help="broker URL (env VNETCTL_URL)")
-    p.add_argument("--host", default=None,
-                   help="only this host id (default: every host)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `vnetctl events` beside vnetctl's common ones (--url, --host as a
+    filter: default every host, --timeout: default 5 s, --json: raw CloudEvents)."""
     p.add_argument("--type", default="*", dest="type_glob",
                    help="glob on the event type, e.g. 'link.*' (default: all)")
     p.add_argument("--follow", "-f", action="store_true",
                    help="keep printing until interrupted")
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="without --follow: stop after this many seconds (default 5)")
     p.add_argument("--count", type=int, default=0, help="stop after this many events")
-    p.add_argument("--json", action="store_true", help="print each raw CloudEvent as JSON")
+
+
+def parser(url: str, host: str | None) -> argparse.ArgumentParser:
+    """A stand-alone parser of the same options (what tests drive the Printer with)."""
+    p = argparse.ArgumentParser(prog="vnetctl events",
+                                description="Print vnetd events as they arrive.")
+    p.add_argument("--url", default=url, help="broker URL (env VNETCTL_URL)")
+    p.add_argument("--host", default=host, help="only this host id (default: every host)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"without --follow: stop after this many seconds (default "
+                        f"{DEFAULT_TIMEOUT:g})")
+    p.add_argument("--json", dest="output", action="store_const", const="json",
+                   default="table", help="print each raw CloudEvent as JSON")
+    add_arguments(p)
     p.add_argument("events", choices=["events"], help=argparse.SUPPRESS)
     return p
 
@@ -127,7 +117,7 @@ class Printer:
             self.last[source] = (epoch, seq)
         if not fnmatch.fnmatchcase(kind, self.ns.type_glob):
             return
-        print(json.dumps(event) if self.ns.json else line(event), flush=True)
+        print(json.dumps(event) if self.ns.output != "table" else line(event), flush=True)
         self.printed += 1
         if self.ns.count and self.printed >= self.ns.count:
             self.done.set()
@@ -150,12 +140,13 @@ async def run(ns: argparse.Namespace) -> int:
             await done.wait()
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), ns.timeout)
+                await asyncio.wait_for(done.wait(), ns.timeout if ns.timeout is not None
+                                       else DEFAULT_TIMEOUT)
     return 0
 
 
-def main(argv: list[str], url: str, host: str | None = None) -> int:
-    ns = parser(url, host).parse_args(argv)
+def run_main(ns: argparse.Namespace) -> int:
+    """`vnetctl events` with the parsed options; 69 when the broker cannot be reached."""
     try:
         return asyncio.run(run(ns))
     except KeyboardInterrupt:

@@ -1,8 +1,10 @@
-"""Human output for vnetctl: tables for lists, `brctl show` for bridges."""
+"""Human output for vnetctl: a table for every list, `brctl show` for bridges,
+`ip -br link` for links, `virsh net-list --all` for networks; JSON and YAML as asked."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from vnetd.client import Reply
@@ -28,10 +30,77 @@ def bridges(result: dict[str, Any]) -> str:
 
 
 def links(result: dict[str, Any]) -> str:
-    rows = [[link["name"], link["kind"], link["state"], str(link["mtu"]), link.get("mac") or "",
-             link.get("master") or "", "yes" if link["owned"] else "no"]
+    """`ip -br link` columns first (name, state, MAC), then what vnetd adds."""
+    rows = [[link["name"], link["state"].upper(), link.get("mac") or "", link["kind"],
+             str(link["mtu"]), link.get("master") or "", "yes" if link["owned"] else "no"]
             for link in result.get("links", [])]
-    return table(rows, ["name", "kind", "state", "mtu", "mac", "master", "owned"])
+    return table(rows, ["name", "state", "mac", "kind", "mtu", "master", "owned"])
+
+
+def networks(result: dict[str, Any]) -> str:
+    """`virsh net-list --all`: Name, State, Autostart, Persistent; then bridge, kind, owned."""
+    rows = [[str(n.get("name")), "active" if n.get("active") else "inactive",
+             _yes(n.get("autostart")), _yes(n.get("persistent")), str(n.get("bridge") or ""),
+             str(n.get("kind") or ""), _yes(n.get("owned"))]
+            for n in result.get("networks") or []]
+    return table(rows, ["name", "state", "autostart", "persistent", "bridge", "kind", "owned"])
+
+
+def health(result: dict[str, Any]) -> str:
+    """host.health: the status, then one line per component with why it is not fine."""
+    lines = [f"host: {result.get('host_id')}", f"status: {result.get('status')}",
+             f"version: {result.get('version')}"]
+    details = result.get("details") or {}
+    comps = result.get("components") or {}
+    rows = []
+    for name in sorted(comps):
+        d = details.get(name) or {}
+        rows.append([name, str(comps[name]), d.get("since") or "", d.get("last_error") or ""])
+    if rows and details:
+        lines += ["", table(rows, ["component", "state", "since", "last error"])]
+    elif rows:  # healthy: no details to show
+        lines += ["", table([row[:2] for row in rows], ["component", "state"])]
+    kernel = result.get("kernel") or {}
+    if kernel:
+        lines += ["", "kernel: " + " ".join(f"{k}={_yes(v) if isinstance(v, bool) else v}"
+                                            for k, v in sorted(kernel.items()))]
+    for reason in result.get("reasons") or []:
+        lines.append(f"degraded: {reason}")
+    return "\n".join(lines)
+
+
+def batch(result: dict[str, Any]) -> str:
+    rows = []
+    for i, item in enumerate(result.get("results") or []):
+        if item.get("ok"):
+            res = item.get("result") or {}
+            rows.append([str(i), "ok", str(res.get("name", "")), _short(res)])
+        else:
+            err = item.get("error") or {}
+            rows.append([str(i), "error", str((err.get("details") or {}).get("name", "")),
+                         f"{err.get('code')}: {err.get('message')}"])
+    return "\n".join([table(rows, ["#", "outcome", "name", "result"]),
+                      f"{result.get('completed', 0)} completed, {result.get('failed', 0)} failed, "
+                      f"{result.get('skipped', 0)} skipped"])
+
+
+def _short(result: dict[str, Any]) -> str:
+    keys = ("created", "changed", "deleted", "attached", "detached")
+    return " ".join(f"{k}={result[k]}" for k in keys if k in result)
+
+
+def dumpxml(result: dict[str, Any]) -> str:
+    return str(result.get("xml", "")).rstrip()
+
+
+def snapshot(result: dict[str, Any]) -> str:
+    parts = [links(result)]
+    if result.get("networks") is not None:
+        parts.append(networks(result))
+    rest = {k: v for k, v in result.items() if k not in ("links", "networks")}
+    if rest:
+        parts.append(_plain(rest))
+    return "\n\n".join(parts)
 
 
 def _plain(result: dict[str, Any]) -> str:
@@ -39,17 +108,37 @@ def _plain(result: dict[str, Any]) -> str:
                      for k, v in result.items())
 
 
-RENDERERS = {"bridge.list": bridges, "link.list": links}
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "bridge.list": bridges, "link.list": links, "network.list": networks,
+    "host.health": health, "host.snapshot": snapshot, "batch": batch,
+    "network.dumpxml": dumpxml}
+"""Table renderers by op; any other op prints its result as `key: value` lines."""
 
 
-def render(op: str, reply: Reply, *, raw: bool, with_host: bool) -> str:
+def document(reply: Reply, *, with_host: bool) -> dict[str, Any]:
+    """A reply as data, for --output json/yaml."""
+    body: dict[str, Any] = {"ok": reply.ok, "result": reply.result} if reply.ok else {
+        "ok": False, "error": reply.error}
+    if with_host:
+        body["host_id"] = reply.host_id
+    return body
+
+
+def dump(data: Any, output: str) -> str:
+    """JSON or YAML text of plain data."""
+    if output == "yaml":
+        import yaml
+        return str(yaml.safe_dump(data, sort_keys=False, default_flow_style=False)).rstrip()
+    return json.dumps(data, indent=2)
+
+
+def render(op: str, reply: Reply, *, raw: bool = False, with_host: bool = False,
+           output: str | None = None) -> str:
+    """One reply as text: a table (default), or `output` json/yaml (`raw` = json)."""
+    output = output or ("json" if raw else "table")
+    if output != "table":
+        return dump(document(reply, with_host=with_host), output)
     prefix = f"[{reply.host_id}] " if with_host else ""
-    if raw:
-        body: dict[str, Any] = {"ok": reply.ok, "result": reply.result} if reply.ok else {
-            "ok": False, "error": reply.error}
-        if with_host:
-            body["host_id"] = reply.host_id
-        return json.dumps(body, indent=2)
     if not reply.ok:
         err = reply.error or {}
         return f"{prefix}error: {err.get('code')}: {err.get('message')}"
@@ -82,26 +171,30 @@ def _link_line(link: dict[str, Any]) -> str:
         parts.append(f"mtu {link['mtu']}")
     if link.get("mac"):
         parts.append(link["mac"])
+    vx = link.get("vxlan")
+    if vx:  # a segment's port: which segment, and how many hosts it floods to
+        parts.append(f"vni {vx.get('vni')} remotes {vx.get('remotes')}")
     parts.append("owned" if link.get("owned") else "not owned")
     return "  ".join(parts)
 
 
-def show_tree(host_id: str, links: list[dict[str, Any]], networks: list[dict[str, Any]] | None,
-              networks_note: str | None = None) -> str:
+def show_tree(host_id: str, all_links: list[dict[str, Any]],
+              nets: list[dict[str, Any]] | None, networks_note: str | None = None) -> str:
     """`vnetctl show`: bridges with their ports, loose TAPs, then `virsh net-list --all`."""
-    by_name = {link["name"]: link for link in links}
-    bridges = sorted((link for link in links if link.get("kind") == "bridge"),
-                     key=lambda x: x["name"])
+    by_name = {link["name"]: link for link in all_links}
+    top_bridges = sorted((link for link in all_links if link.get("kind") == "bridge"),
+                         key=lambda x: x["name"])
     ports: dict[str, list[dict[str, Any]]] = {}
-    for link in links:
+    for link in all_links:
         if link.get("master") in by_name:
             ports.setdefault(link["master"], []).append(link)
-    loose = sorted((link for link in links if link.get("kind") == "tap" and not link.get("master")),
+    loose = sorted((link for link in all_links
+                    if link.get("kind") == "tap" and not link.get("master")),
                    key=lambda x: x["name"])
     lines = [host_id]
     top: list[tuple[str, list[dict[str, Any]]]] = [
         (_link_line(b), sorted(ports.get(b["name"], []), key=lambda x: x["name"]))
-        for b in bridges]
+        for b in top_bridges]
     top += [(_link_line(t), []) for t in loose]
     for i, (text, children) in enumerate(top):
         last = i == len(top) - 1
@@ -113,12 +206,12 @@ def show_tree(host_id: str, links: list[dict[str, Any]], networks: list[dict[str
     if not top:
         lines.append("└── (no bridges or TAPs)")
     lines.append("")
-    if networks is None:
+    if nets is None:
         lines.append(f"networks: {networks_note or 'not available'}")
     else:
         rows = [[str(n.get("name")), "active" if n.get("active") else "inactive",
                  _yes(n.get("autostart")), _yes(n.get("persistent")), str(n.get("bridge") or ""),
-                 _yes(n.get("owned"))] for n in networks]
+                 _yes(n.get("owned"))] for n in nets]
         lines.append(table(rows, ["network", "state", "autostart", "persistent", "bridge",
                                   "owned"]))
     return "\n".join(lines)

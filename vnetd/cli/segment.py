@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from vnetd.cli.render import Progress, table
@@ -40,11 +41,8 @@ def wants(argv: list[str]) -> bool:
     return False
 
 
-def parser(url: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vnetctl segment",
-                                description="Ensure one VXLAN segment on many hosts at once.")
-    p.add_argument("--url", default=url, help="broker URL (env VNETCTL_URL)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per host (default 30)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The segment's own options (vnetctl adds its common ones: --url, --timeout, --json)."""
     p.add_argument("--vni", type=int, required=True)
     p.add_argument("--bridge", required=True, help="the segment's bridge on every host")
     p.add_argument("--vxlan", required=True, help="the VXLAN device's name on every host")
@@ -55,13 +53,38 @@ def parser(url: str) -> argparse.ArgumentParser:
                    help="flood only: no unicast FDB entries for the guests")
     p.add_argument("--guest", action="append", default=[], metavar="HOST=MAC[/IP]",
                    help="a guest on HOST (repeat)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
-    p.add_argument("segment", choices=["segment"], help=argparse.SUPPRESS)
     p.add_argument("verb", choices=["ensure"])
     p.add_argument("hosts", nargs="+", metavar="HOST=LOCAL[@DEV]",
                    help="a host id and its underlay address (optionally its underlay device)")
+
+
+def parser(url: str) -> argparse.ArgumentParser:
+    """A stand-alone parser of `vnetctl segment ...` (what the unit tests drive)."""
+    p = argparse.ArgumentParser(prog="vnetctl segment",
+                                description="Ensure one VXLAN segment on many hosts at once.")
+    p.add_argument("--url", default=url, help="broker URL (env VNETCTL_URL)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per host (default 30)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("segment", choices=["segment"], help=argparse.SUPPRESS)
+    add_arguments(p)
     return p
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """`vnetctl segment` as a subcommand of vnetctl (its EXTENSIONS hook)."""
+    p = sub.add_parser("segment", help="ensure one VXLAN segment on many hosts at once",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    common(p)
+    p.set_defaults(local=_from_vnetctl)
+
+
+def _from_vnetctl(ns: argparse.Namespace) -> int:
+    ns.json = ns.output != "table"
+    if ns.timeout is None:
+        ns.timeout = 30.0
+    return run_parsed(ns)
 
 
 def parse_hosts(items: list[str], guests: list[str]) -> list[Host]:
@@ -117,7 +140,10 @@ async def run(ns: argparse.Namespace, hosts: list[Host]) -> int:
 
 
 def main(argv: list[str], url: str) -> int:
-    ns = parser(url).parse_args(argv)
+    return run_parsed(parser(url).parse_args(argv))
+
+
+def run_parsed(ns: argparse.Namespace) -> int:
     try:
         hosts = parse_hosts(ns.hosts, ns.guest)
         if not 1 <= ns.vni <= 16_777_215:

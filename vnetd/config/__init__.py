@@ -5,6 +5,7 @@ TOML file, the defaults here. `config/vnetd.toml` in the repository documents
 every key. A bad value raises ConfigError naming the key; the CLI exits 78.
 """
 
+from vnetd.config.locate import find_config
 from vnetd.config.settings import ConfigError, Settings, load_settings
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "find_config", "load_settings"]

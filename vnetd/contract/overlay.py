@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from functools import lru_cache
 from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,14 +27,26 @@ MAX_FDB = 16_384
 MAX_NEIGHBOURS = 16_384
 
 
-def _unicast_ip(value: str) -> str:
+@lru_cache(maxsize=65536)
+def ip_of(value: str) -> tuple[str, int] | None:
+    """(normal form, version) of an IP address, None if it is none. Cached: a job of
+    thousands of entries names a few VTEPs over and over, and ipaddress is slow."""
     try:
         ip = ipaddress.ip_address(value)
-    except ValueError as exc:
-        raise ValueError(f"not an IPv4 or IPv6 address: {value!r}") from exc
+    except ValueError:
+        return None
+    return str(ip), ip.version
+
+
+@lru_cache(maxsize=65536)
+def _unicast_ip(value: str) -> str:
+    found = ip_of(value)
+    if found is None:
+        raise ValueError(f"not an IPv4 or IPv6 address: {value!r}")
+    ip = ipaddress.ip_address(found[0])
     if ip.is_unspecified or ip.is_multicast or (ip.version == 4 and int(ip) == 0xFFFFFFFF):
         raise ValueError(f"{value} is not a unicast address")
-    return str(ip)
+    return found[0]
 
 
 UnicastIp = Annotated[str, AfterValidator(_unicast_ip)]
@@ -50,7 +63,7 @@ class VxlanEnsure(Command):
     op: ClassVar[str] = "vxlan.ensure"
     op_spec: ClassVar[OpSpec] = OpSpec(
         "create a VXLAN device or converge it, optionally in a bridge", exclusive=("name",),
-        shared=("bridge",), subject="name")
+        shared=("bridge",), leases=("name", "bridge"), subject="name")
     name: IfName
     vni: int = Field(ge=1, le=MAX_VNI)
     local: UnicastIp = Field(description="this host's underlay address (source of VXLAN)")
@@ -102,7 +115,7 @@ def _first_duplicate(values: list[str]) -> str | None:
 
 
 def _families(values: list[str]) -> set[int]:
-    return {ipaddress.ip_address(v).version for v in values}
+    return {found[1] for v in values if (found := ip_of(v)) is not None}
 
 
 class FdbConverge(Command):

@@ -38,6 +38,8 @@ class Context:
     events: EventSink = field(default_factory=NullSink)
     components: Callable[[], dict[str, str]] = field(default=lambda: {})
     """Connection state of the daemon's dependencies (broker, libvirt), for host.health."""
+    component_details: Callable[[], dict[str, dict[str, object]]] = field(default=lambda: {})
+    """Per component: since when in its state and its last error (host.health's reasons)."""
     virt: VirtBackend | None = None
     """libvirt networks; None when `[libvirt] enabled = false` (network ops: unavailable)."""
     snapshot_parts: tuple[SnapshotPart, ...] = ()

@@ -9,11 +9,10 @@ of requests to the kernel, idempotent.
 from __future__ import annotations
 
 import errno
-import ipaddress
 from typing import Any
 
 from vnetd.contract.errors import Conflict, InvalidArgument
-from vnetd.contract.overlay import FdbConverge
+from vnetd.contract.overlay import FdbConverge, ip_of
 from vnetd.handlers.context import Context
 from vnetd.handlers.fdb_plan import plan
 from vnetd.handlers.overlay_state import State
@@ -21,12 +20,17 @@ from vnetd.handlers.policy import require_kind, require_link
 from vnetd.net.overlay import FdbOp, OpError
 
 
+def ip_version(value: str) -> int:
+    found = ip_of(value)
+    return found[1] if found is not None else 0
+
+
 def _check_addresses(cmd: FdbConverge, local: str | None) -> None:
     if local is None:
         return
-    version = ipaddress.ip_address(local).version
-    for dst in [*cmd.remotes, *(e.dst for e in cmd.fdb or ())]:
-        if ipaddress.ip_address(dst).version != version:
+    version = ip_version(local)
+    for dst in set(cmd.remotes).union(e.dst for e in cmd.fdb or ()):
+        if ip_version(dst) != version:
             raise InvalidArgument(f"{dst} is not an IPv{version} address like the device's "
                                   f"local address {local}", dst=dst, local=local)
         if dst == local:

@@ -11,7 +11,7 @@ from vnetd.handlers.context import Context
 from vnetd.handlers.overlay_views import vxlan_view
 from vnetd.handlers.policy import require_kind, require_link
 from vnetd.handlers.views import view_of
-from vnetd.net.model import OWNER_ALIAS, Link, LinkChange
+from vnetd.net.model import Link, LinkChange
 from vnetd.net.overlay import VxlanInfo, VxlanSpec, overhead
 
 
@@ -74,6 +74,12 @@ async def ensure(cmd: VxlanEnsure, ctx: Context) -> dict[str, Any]:
         check_mtu(f"vxlan {cmd.name}", cmd.mtu, underlay, cmd.local)
     link = await ctx.net.get_link(cmd.name)
     created = False
+    if link is not None and link.half_created and link.kind == "vxlan":
+        # vnetd's own creation that a kill cut short (net/model.py CREATING_GROUP):
+        # this (redelivered) job finishes it, then checks it like any existing one.
+        await ctx.net.finish_creation(link)
+        link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "vxlan")
+        created = True
     if link is not None:
         require_kind(link, "vxlan")
         ctx.policy.require_owned(link, "change")
@@ -94,8 +100,9 @@ async def ensure(cmd: VxlanEnsure, ctx: Context) -> dict[str, Any]:
             learning=cmd.learning, proxy=cmd.proxy, ttl=cmd.ttl or 0, tos=cmd.tos or 0,
             mtu=cmd.mtu if cmd.mtu is not None else limit))
         link = require_link(await ctx.net.get_link(cmd.name), cmd.name, "vxlan")
-        # Mark it ours at once, so a retry after any later failure converges.
-        await ctx.net.set_link(link.index, LinkChange(alias=OWNER_ALIAS))
+        # Born in CREATING_GROUP: marked now, then out of the group, so a retry after
+        # any later failure (or a kill) converges.
+        await ctx.net.finish_creation(link)
         created = True
     change = LinkChange(
         mtu=cmd.mtu if cmd.mtu is not None and cmd.mtu != link.mtu else None,

@@ -172,6 +172,7 @@ class NetlinkBackend:
     async def finish_creation(self, link: Link) -> None:
         if not link.owned:
             await self.set_link(link.index, LinkChange(alias=OWNER_ALIAS))
+            failpoints.hit("after_mark", link.kind)  # the creation paths of the handlers
         await self.set_link(link.index, LinkChange(group=0))
 
     async def add_tap(self, spec: TapSpec) -> None:

@@ -14,8 +14,10 @@ import socket
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from vnetd.net import rtnl
+from vnetd.net.model import CREATING_GROUP
 from vnetd.net.overlay import (
     NTF_EXT_LEARNED,
     NTF_SELF,
@@ -65,7 +67,7 @@ _HDR = rtnl.NLMSGHDR
 _IFINFO = rtnl.IFINFOMSG
 _NDMSG = struct.Struct("=BxxxiHBB")
 _ERR = rtnl.S32
-CHUNK_BYTES = 32 * 1024
+CHUNK_BYTES = 96 * 1024
 """Requests per write: well under the socket buffers, so acks never overrun."""
 RECV_BYTES = 1 << 20
 TIMEOUT_SECONDS = 10.0
@@ -82,6 +84,7 @@ class DumpInterrupted(Exception):
 
 
 # ------------------------------------------------------------------ encoding
+@lru_cache(maxsize=65536)
 def _ip(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
@@ -101,7 +104,9 @@ def vxlan_create_body(spec: VxlanSpec) -> bytes:
     data += attr_u8(VXLAN_PROXY, int(spec.proxy))
     data += attr_u8(VXLAN_TTL, spec.ttl)
     data += attr_u8(VXLAN_TOS, spec.tos)
-    body = ifinfo() + attr_str(IFLA_IFNAME, spec.name)
+    # Born in CREATING_GROUP (the kernel ignores an alias here): see net/model.py.
+    body = ifinfo() + attr_str(IFLA_IFNAME, spec.name) + attr_u32(rtnl.IFLA_GROUP,
+                                                               CREATING_GROUP)
     if spec.mtu is not None:
         body += attr_u32(IFLA_MTU, spec.mtu)
     return body + rtnl.linkinfo("vxlan", data)
@@ -132,13 +137,18 @@ def neigh_request(index: int, op: NeighOp) -> tuple[int, int, bytes]:
 
 # ------------------------------------------------------------------ decoding
 def _fmt_mac(raw: memoryview | None) -> str | None:
-    return rtnl.get_mac(raw) if raw is not None and len(raw) == 6 else None
+    return raw.hex(":") if raw is not None and len(raw) == 6 else None
 
 
 def _fmt_ip(raw: memoryview | None) -> str | None:
     if raw is None or len(raw) not in (4, 16):
         return None
-    return str(ipaddress.ip_address(bytes(raw)))
+    return _ip_text(bytes(raw))
+
+
+@lru_cache(maxsize=65536)
+def _ip_text(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
 
 
 def _u8(raw: memoryview | None) -> int:
@@ -169,10 +179,13 @@ def parse_vxlan(payload: bytes) -> VxlanInfo | None:
     )
 
 
+_NEIGH_ATTRS = frozenset({NDA_DST, NDA_LLADDR})
+
+
 def parse_neigh(payload: bytes) -> tuple[int, int, int, int, str | None, str | None]:
     """(family, ifindex, state, flags, dst, lladdr) of an RTM_NEWNEIGH payload."""
     family, index, state, flags, _type = _NDMSG.unpack_from(payload, 0)
-    a = rtnl.attrs(payload, _NDMSG.size, len(payload))
+    a = rtnl.attrs(payload, _NDMSG.size, len(payload), _NEIGH_ATTRS)
     return family, index, state, flags, _fmt_ip(a.get(NDA_DST)), _fmt_mac(a.get(NDA_LLADDR))
 
 
@@ -205,6 +218,7 @@ class Wire:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                              socket.NETLINK_ROUTE)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RECV_BYTES)
         # Acks without a copy of each request: a thousand acks stay small.
         sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         sock.settimeout(TIMEOUT_SECONDS)
@@ -355,6 +369,11 @@ class NeighNotice:
     key: str
     value: str | None
     owned: bool
+
+
+def notice_index(payload: bytes) -> int:
+    """The device index of a neighbour message, read before decoding the rest."""
+    return int(_NDMSG.unpack_from(payload, 0)[1]) if len(payload) >= _NDMSG.size else 0
 
 
 def parse_notice(mtype: int, payload: bytes) -> NeighNotice | None:

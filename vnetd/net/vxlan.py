@@ -12,6 +12,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from vnetd import failpoints
 from vnetd.contract.errors import Unavailable, Unsupported, VnetdError
 from vnetd.net import overlay_wire as w
 from vnetd.net import rtnl
@@ -66,6 +67,7 @@ class VxlanNetlink:
         try:
             await self._run(f"create vxlan {spec.name}", lambda s: s.request(
                 rtnl.RTM_NEWLINK, rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL, body))
+            failpoints.hit("after_create", "vxlan")
         except Unsupported as exc:
             raise Unsupported(
                 f"vxlan {spec.name}: this kernel has no VXLAN support (CONFIG_VXLAN, module "

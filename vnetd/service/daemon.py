@@ -21,6 +21,7 @@ from vnetd.amqp.retry import RetryPolicy
 from vnetd.config import Settings
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher
+from vnetd.handlers.host import ComponentStates
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
@@ -123,7 +124,8 @@ class Daemon:
         self.broker = BrokerLink(
             settings.amqp.url.get_secret_value(), f"vnetd@{settings.host_id}",
             settings.amqp.reconnect_interval_seconds)
-        self.states: dict[str, str] = {"libvirt": "disabled"}
+        # ComponentStates: also since when, and the last error, for host.health's reasons.
+        self.states: dict[str, str] = ComponentStates({"libvirt": "disabled"})
         self.consumer: JobConsumer | None = None
         self.tasks = TaskTree()
         self.components: list[Component] = []
@@ -137,6 +139,10 @@ class Daemon:
 
     def component_states(self) -> dict[str, str]:
         return {**self.states, "broker": self.broker.state, **task_states(self.tasks)}
+
+    def component_details(self) -> dict[str, dict[str, object]]:
+        states = self.states
+        return states.details() if isinstance(states, ComponentStates) else {}
 
     async def _policy(self, net: NetlinkBackend) -> Policy:
         p = self.settings.policy
@@ -155,7 +161,8 @@ class Daemon:
         net = NetlinkBackend(s.netlink.netns or None)
         try:
             ctx = Context(host_id=s.host_id, net=net, policy=await self._policy(net),
-                          version=__version__, components=self.component_states)
+                          version=__version__, components=self.component_states,
+                          component_details=self.component_details)
             self.notifier.status("starting: connecting to the broker")
             connection = await self.broker.connect()
             rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,

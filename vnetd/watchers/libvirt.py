@@ -24,6 +24,7 @@ import structlog
 
 from vnetd import metrics
 from vnetd.handlers.context import Context
+from vnetd.handlers.host import note_error
 from vnetd.handlers.network import view
 from vnetd.supervisor import TaskTree
 from vnetd.virt.backend import NetworkState, VirtError
@@ -85,6 +86,7 @@ class LibvirtWatcher:
 
     def _on_close(self, reason: str) -> None:
         log.warning("libvirt_connection_lost", reason=reason, uri=self.backend.uri)
+        note_error(self.states, STATE_KEY, f"connection to {self.backend.uri} lost: {reason}")
         self._set_state("degraded")
         self._lost.set()
 
@@ -95,6 +97,8 @@ class LibvirtWatcher:
             states = await self.backend.list_networks()
         except VirtError as exc:
             log.warning("libvirt_connect_failed", uri=self.backend.uri, error=exc.message)
+            note_error(self.states, STATE_KEY, f"cannot connect to {self.backend.uri}: "
+                                               f"{exc.message}")
             await self.backend.close()
             self._set_state("degraded")
             return False

@@ -31,11 +31,11 @@ from typing import Any
 
 import structlog
 
-from vnetd.aio import cancel_and_wait
 from vnetd.contract.events import EventSink
 from vnetd.handlers.context import Context
 from vnetd.handlers.overlay_state import OverlayState, State
 from vnetd.net import overlay_wire as w
+from vnetd.supervisor import TaskTree
 
 log = structlog.get_logger("vnetd.watchers.neigh")
 MAX_DATAGRAMS_PER_WAKEUP = 256
@@ -73,6 +73,8 @@ class NeighWatcher:
         self.reported = 0
         self._removals: list[tuple[int, str, str, str | None]] = []
         self._flush: asyncio.Task[None] | None = None
+        self.tasks = TaskTree(self.name)
+        """Its short tasks (a resync after an overrun, a delayed flush) are supervised too."""
 
     async def start(self) -> None:
         self._sock = self._open()
@@ -80,7 +82,7 @@ class NeighWatcher:
         await self._sync(report=False)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._resync, self._flush)
+        await self.tasks.stop()
         if self._sock is not None:
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
@@ -114,10 +116,16 @@ class NeighWatcher:
                 if exc.errno == errno.ENOBUFS:  # notifications lost: compare with the kernel
                     self.overruns += 1
                     if self._resync is None or self._resync.done():
-                        self._resync = asyncio.create_task(self._sync(report=True))
+                        # Run again (backoff) if it fails: the overrun's losses are
+                        # found only by this comparison.
+                        self._resync = self.tasks.spawn(
+                            "resync", lambda: self._sync(report=True), oneshot=True, restart=True)
                     continue
                 raise
+            devices = self.state.devices
             for mtype, _flags, _seq, payload in w.messages(data):
+                if w.notice_index(payload) not in devices:
+                    continue  # the bridges' FDB churn, other devices: not decoded at all
                 try:
                     notice = w.parse_notice(mtype, payload)
                 except Exception:  # never let one odd message stop the watcher
@@ -144,7 +152,8 @@ class NeighWatcher:
             if key in expected and wrote:
                 self._removals.append((n.index, n.table, n.key, expected[key]))
                 if self._flush is None or self._flush.done():
-                    self._flush = asyncio.create_task(self.flush(REMOVAL_DELAY))
+                    self._flush = self.tasks.spawn("flush", lambda: self.flush(REMOVAL_DELAY),
+                                                   oneshot=True)
         elif n.owned:
             if key not in expected:
                 self._emit(n.index, n.table, n.key, "added", None, n.value)
