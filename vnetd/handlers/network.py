@@ -81,7 +81,7 @@ def _error(exc: VirtError, name: str, kind: str | None) -> VnetdError:
 
 
 def _parse(state: NetworkState) -> ET.Element:
-    return xml.parse_safe(state.xml, max_bytes=16 * 1024 * 1024)
+    return xml.parse_safe(state.xml, max_bytes=xml.LIBVIRT_XML_MAX_BYTES)
 
 
 def view(state: NetworkState) -> dict[str, Any]:
