@@ -23,16 +23,18 @@ two differences (both said where they happen below):
 2. Step 3 says "set host_id, [amqp] url": the test does so by rewriting the
    container's copy of config/vnetd.toml before the README's ``install`` line
    (the overlay keeps the host's file untouched; the test checks it is). It also
-   sets ``[libvirt] enabled = false`` (no libvirtd in the container), zero
-   grace periods with a 1 s lease, so that the cleanup tests can see a removal
-   without waiting ten minutes, and a 40 s drain bound (20 s by default: this
-   machine is shared, and under load the drained batch can need more).
+   sets zero grace periods with a 1 s lease, so that the cleanup tests can see a
+   removal without waiting ten minutes, and a 40 s drain bound (20 s by default:
+   this machine is shared, and under load the drained batch can need more).
+   libvirt stays enabled (``qemu:///system``, the shipped default): the host
+   image's libvirtd is started in the container first, as on a hypervisor.
 
-Two facts of the container, not of the units, are set up first: /dev/net/tun is
+Facts of the container, not of the units, are set up first: /dev/net/tun is
 made 0666, which udev's default rule (50-udev-default.rules) does on every host
 with udev and nothing does here (the unit runs as an unprivileged user without
-CAP_DAC_OVERRIDE, so it needs that mode); and the container boots basic.target
-(see tests/support/nspawn.py).
+CAP_DAC_OVERRIDE, so it needs that mode); libvirtd gets a drop-in that re-opens
+/proc/sys/net, which nspawn mounts read-only; and the container boots
+basic.target (see tests/support/nspawn.py).
 
 Runtime drop-ins change two settings, as an operator would with
 ``systemctl edit --runtime``: ``WatchdogSec=5s`` for the watchdog test (the
@@ -124,7 +126,6 @@ def container_config(host_id: str, amqp_url: str) -> str:
         # The machine is shared: a drain that needs more than the default 20 s
         # under load is still a drain (TimeoutStopSec=45s stays above this).
         "amqp": {"url": amqp_url, "drain_timeout_seconds": 40},
-        "libvirt": {"enabled": False},
         "cleanup": {"tap_grace_seconds": 0, "bridge_grace_seconds": 0, "lease_seconds": 1},
     }))
 
@@ -164,6 +165,16 @@ def deployed(lab: Lab) -> Iterator[Deployment]:
             box.boot()
             # Stand-in for udev's rule (module docstring), in the container's own /dev.
             box.run("chmod", "0666", "/dev/net/tun")
+            # A hypervisor's libvirtd, without the networks the host image autostarts.
+            # nspawn mounts /proc/sys read-only; libvirtd writes per-bridge sysctls
+            # there, so it gets /proc/sys/net back the way vnetd.service gets its
+            # ipv6/conf: ReadWritePaths= inside its own ProtectKernelTunables= tree.
+            box.sh("rm -f /etc/libvirt/qemu/networks/autostart/*.xml\n"
+                   "mkdir -p /run/systemd/system/libvirtd.service.d\n"
+                   "printf '[Service]\\nProtectKernelTunables=yes\\n"
+                   "ReadWritePaths=/proc/sys/net\\n'"
+                   " >/run/systemd/system/libvirtd.service.d/50-test-procsys.conf\n"
+                   "systemctl daemon-reload\nsystemctl start libvirtd.service")
             repo = str(REPO_ROOT)
             # README step 3 "set host_id, [amqp] url": the container's copy only.
             box.run("sh", "-c", f"cat >{repo}/config/vnetd.toml",
@@ -436,3 +447,24 @@ def test_the_cleanup_unit_sweeps_by_itself_when_no_daemon_answers(
         assert re.search(r"sdorph1\s+tap\.idle\s+removed", out), out
         assert "ran in the local" in out, out
         assert netns_mod.link(d.netns, "sdorph1") is None
+
+
+# ---------------------------------------------------------------------- libvirt
+async def test_libvirt_is_reachable_from_the_sandbox(deployed: Deployment, rpc: RawRpc) -> None:
+    """SupplementaryGroups=libvirt and the sandbox: qemu:///system as user vnetd."""
+    d, box = deployed, deployed.box
+    with journal_on_failure(d):
+        st = ensure_running(d)
+        assert ready_line(d).fullmatch(st["StatusText"]), st  # not "degraded: libvirt ..."
+        spec = {"kind": "isolated", "bridge": {"name": "virbr-sd0"},
+                "ipv4": {"address": "10.231.0.1", "prefix": 24}}
+        reply = await rpc.call(d.host_id, "network.define",
+                               {"name": "sdiso", "start": True, "spec": spec}, timeout=60)
+        assert reply["ok"], reply
+        assert (reply["result"]["active"], reply["result"]["owned"]) == (True, True), reply
+        info = box.run("virsh", "-c", "qemu:///system", "net-info", "sdiso").stdout
+        assert re.search(r"Active:\s+yes", info), info
+        assert netns_mod.link(d.netns, "virbr-sd0") is not None
+        for op in ("network.destroy", "network.undefine"):
+            reply = await rpc.call(d.host_id, op, {"name": "sdiso"}, timeout=60)
+            assert reply["ok"], reply

@@ -231,3 +231,17 @@ def test_extra_subcommands_register_through_extensions(monkeypatch: pytest.Monke
     monkeypatch.setattr(vnetctl, "EXTENSIONS", [register])
     assert vnetctl.main(["segment", "--json"]) == 0
     assert capsys.readouterr().out.strip() == "segment via json"
+
+
+def test_segment_is_a_subcommand_with_the_common_options(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    url = "amqp://guest:guest@127.0.0.1:1/"  # nothing listens
+    ns = parse("--url", url, "segment", "ensure", "--vni", "100", "--bridge", "br-a",
+               "--vxlan", "vx-a", "hv1=198.51.100.1", "hv2=198.51.100.2", "--json")
+    assert (ns.command, ns.vni, ns.hosts, ns.output) == (
+        "segment", 100, ["hv1=198.51.100.1", "hv2=198.51.100.2"], "json")
+    assert vnetctl.main(["--url", url, "segment", "ensure", "--vni", "0", "--bridge", "b",
+                         "--vxlan", "v", "hv1=198.51.100.1"]) == exits.EX_USAGE
+    assert "--vni must be" in capsys.readouterr().err
+    assert vnetctl.main(["--url", url, "segment", "ensure", "--vni", "7", "--bridge", "b",
+                         "--vxlan", "v", "hv1=198.51.100.1"]) == exits.EX_UNAVAILABLE
