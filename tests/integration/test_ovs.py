@@ -301,3 +301,26 @@ async def test_ovsdb_down_answers_unavailable_then_recovers(
         assert [b["name"] for b in bridges] == ["obr6"]  # the database kept it
     finally:
         o.stop()
+
+
+async def test_a_job_without_reply_to_takes_effect_once_ovsdb_is_back(
+        start_daemon: Any, lab: Lab, netns: str, rpc: RawRpc) -> None:
+    """Reliability rule 10: `unavailable` with nobody to tell is retried (delayed requeue),
+    never acked and dropped."""
+    o = PrivateOvs(lab.dir / f"ovs-retry-{netns}", netns)
+    d = await start_daemon(netns=netns, ovs={"enabled": True, "db": o.remote,
+                                             "datapath_type": "netdev"},
+                           amqp={"retry_delay_seconds": 0.5, "retry_attempts": 200})
+    await rpc.publish_no_reply(d.host_id, "ovs.bridge.ensure", {"name": "obr7"})
+    try:
+        await asyncio.sleep(2.0)  # several attempts meet no ovsdb-server
+        assert "job_retry_later" in d.log_text()
+        o.start()
+        for _ in range(150):
+            if o.vsctl("br-exists", "obr7", check=False).returncode == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert o.vsctl("br-exists", "obr7", check=False).returncode == 0
+        assert vsctl_get(o, "Bridge", "obr7", "external_ids:vnetd-owner").strip('"') == "v1"
+    finally:
+        o.stop()
