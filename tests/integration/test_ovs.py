@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.events_subscriber import Subscriber
+from tests.integration.test_vnetctl import vnetctl
 from tests.support import netns as ns
 from tests.support.daemon import DaemonProcess
 from tests.support.env import Lab
@@ -111,6 +112,10 @@ async def test_port_attach_with_tag_converges_and_detaches(
 
     same = await ok(rpc, odaemon, "ovs.port.attach", name="ve-a", bridge="obr1", tag=10)
     assert same["created"] is False and same["changed"] is False
+    show = await vnetctl(odaemon.amqp_url, "--host", odaemon.host_id, "show")
+    assert show.returncode == 0, show.stderr
+    assert "ovs bridges:" in show.stdout and "obr1  ovs  netdev  owned" in show.stdout
+    assert "ve-a  tag 10" in show.stdout, show.stdout
     trunk = await ok(rpc, odaemon, "ovs.port.attach", name="ve-a", bridge="obr1",
                      trunks=[30, 20])
     assert trunk["changed"] is True and trunk["tag"] is None and trunk["trunks"] == [20, 30]
