@@ -322,20 +322,50 @@ async def _relabel(coro: Awaitable[Run], label: str) -> Run:
 
 
 async def events_scenario(env: Env, plan: Plan, res: Results) -> None:
-    ns = env.new_ns()
+    """Each rate measured on the current vnetd and, with --before, on the older one right
+    after it (order alternating between rates): before/after figures side by side."""
+    spaces: list[str] = []
+    daemons: list[tuple[str, DaemonProcess]] = []
+    before_dir = None
     try:
+        ns = env.new_ns()
+        spaces.append(ns)
         await asyncio.to_thread(events.make_taps, ns)
-        daemon = await _start_daemon(env, ns, "events")
+        daemons.append(("current", await _start_daemon(env, ns, "events")))
+        if plan.before_ref:
+            before_dir = export_tree(plan.before_ref)
+            ns_b = env.new_ns()
+            spaces.append(ns_b)
+            await asyncio.to_thread(events.make_taps, ns_b)
+            daemons.append((f"before ({plan.before_ref})", await _start_daemon(
+                env, ns_b, "events-before", {"PYTHONPATH": str(before_dir)},
+                minimal_config=True)))
+        await asyncio.sleep(1.0)  # the watchers' first sync
+        subs = [events.Subscriber(env.amqp_url, d.host_id) for _, d in daemons]
+        for sub in subs:
+            await sub.__aenter__()
         try:
-            await asyncio.sleep(1.0)  # the watcher's first sync
-            res.events = await events.measure(daemon, env.amqp_url, plan.event_rates,
-                                              plan.event_seconds)
-            for e in res.events:
-                log(f"events: {e}")
+            for i, rate in enumerate(plan.event_rates):
+                order = list(range(len(daemons)))
+                if i % 2:
+                    order.reverse()
+                for k in order:
+                    label, d = daemons[k]
+                    row = await events.measure_one(d, env.amqp_url, rate,
+                                                   plan.event_seconds, subs[k])
+                    row["vnetd"] = label
+                    res.events.append(row)
+                    log(f"events: {row}")
         finally:
-            await daemon.stop()
+            for sub in subs:
+                await sub.__aexit__(None, None, None)
     finally:
-        env.del_ns(ns)
+        for _, d in daemons:
+            await d.stop()
+        for ns in spaces:
+            env.del_ns(ns)
+        if before_dir is not None:
+            subprocess.run(["rm", "-rf", str(before_dir)], check=False)
 
 
 async def scale_scenario(env: Env, plan: Plan, res: Results) -> None:
@@ -386,8 +416,11 @@ def availability(res: Results) -> bool:
     return has_events
 
 
-async def run_all(env: Env, plan: Plan, mode: str) -> Results:
+async def run_all(env: Env, plan: Plan, mode: str, only: str | None = None) -> Results:
     res = Results(mode=mode, meta=machine())
+    if only == "events":
+        await events_scenario(env, plan, res)
+        return res
     with_events = availability(res)
     t0 = time.perf_counter()
     if with_events:
