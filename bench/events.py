@@ -110,7 +110,7 @@ def _pct(lat: list[float], q: float) -> float | None:
 
 def _summary(rate: float | None, sent: list[tuple[int, int, float]], names: list[str],
              got: list[tuple[float, bytes]]) -> dict[str, Any]:
-    first_at = {}  # (name, mtu) -> when its first event arrived
+    first_at: dict[tuple[Any, Any], float] = {}  # (name, mtu) -> when its first event arrived
     resyncs = 0
     last_at = sent[-1][2] if sent else 0.0
     for at, raw in got:
