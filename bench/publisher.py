@@ -75,5 +75,18 @@ async def main(url: str, n: int) -> dict[str, Any]:
             "pid": os.getpid()}
 
 
+def _cli() -> None:
+    profile = os.environ.get("BENCH_PUBLISHER_PROFILE")  # a path prefix: cProfile it
+    if not profile:
+        print(json.dumps(asyncio.run(main(sys.argv[1], int(sys.argv[2])))))
+        return
+    import cProfile
+
+    with cProfile.Profile() as prof:
+        out = asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    prof.dump_stats(f"{profile}.{os.getpid()}")
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1], int(sys.argv[2])))))
+    _cli()
