@@ -288,7 +288,7 @@ async def client_check(env: Env, rpc: LeanRpc, noop_id: str, responder_pid: int,
     """Is the load client the bottleneck? The no-op responder, 64 in flight, driven by
     this process's client and then by two client processes (32 each), side by side: if
     the second figure is not higher, one client is not what limits the figures."""
-    n = max(n, 400)
+    n = max(n, 200)
     names = ways.tap_names("z", n)
     cpu0 = ways.cpu_seconds(responder_pid)
     one = await ways.noop_jobs(rpc, noop_id, "plug", names, 64)
