@@ -35,7 +35,7 @@ import ovs.poller
 import structlog
 
 from vnetd.ovs.backend import OvsBridge, OvsError, OvsPort, OvsState, Reason, StateListener, Vlan
-from vnetd.ovs.rows import bridge_of, fetch_schema, port_of, root_row, state_of
+from vnetd.ovs.rows import Replica, TrackingIdl, bridge_of, fetch_schema, port_of, root_row
 
 log = structlog.get_logger(__name__)
 
@@ -279,14 +279,13 @@ class IdlBackend:
         finally:
             self._fail_all(OvsError(Reason.UNAVAILABLE, "the OVSDB client stopped"))
 
-    def _connect(self) -> ovs.db.idl.Idl | None:
+    def _connect(self) -> TrackingIdl | None:
         """Fetch the schema (retrying with backoff) and open the IDL; None when stopping."""
         delay = 0.1
         while not self._stopping.is_set():
             try:
                 helper = fetch_schema(self.remote, timeout=5.0)
-                return ovs.db.idl.Idl(self.remote, helper,
-                                      probe_interval=self.probe_interval_ms)
+                return TrackingIdl(self.remote, helper, probe_interval=self.probe_interval_ms)
             except OvsError as exc:
                 self._set_state("degraded", exc.message)
             self._fail_all(OvsError(Reason.UNAVAILABLE, self._unavailable()))
@@ -294,10 +293,11 @@ class IdlBackend:
             delay = min(delay * 2, SCHEMA_RETRY_MAX)
         return None
 
-    def _serve(self, idl: ovs.db.idl.Idl) -> None:
+    def _serve(self, idl: TrackingIdl) -> None:
         pending: list[_Request] = []
         waiters: list[_Waiter] = []
         seqno = -1
+        replica = Replica()
         was_connected = False
         ever = self.shared.picture is not None  # a restarted thread: its first picture resyncs
         while not self._stopping.is_set():
@@ -310,10 +310,14 @@ class IdlBackend:
                 ever = True
                 if reconnected:
                     self.shared.reconnects += 1
+            if connected and not was_connected:
+                replica.rebuild(idl)  # the IDL reread everything: so do we
+                seqno = -1
             if idl.change_seqno != seqno or reconnected:
                 seqno = idl.change_seqno
+                replica.apply(idl)
                 if idl.has_ever_connected():
-                    self._publish(state_of(idl), reconnected)
+                    self._publish(replica.state(idl), reconnected)
             if connected != was_connected:
                 self._set_state("connected" if connected else "degraded",
                                 None if connected else

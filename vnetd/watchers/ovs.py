@@ -145,7 +145,7 @@ class OvsWatcher:
             was = old_b.get(name)
             if was is None or was.uuid != br.uuid:
                 self._emit("bridge", "added", name, views.bridge_view(br), resync)
-            elif _bridge_facts(was) != _bridge_facts(br):
+            elif was != br and _bridge_facts(was) != _bridge_facts(br):
                 self._emit("bridge", "changed", name,
                            {**views.bridge_view(br), **_changes(_bridge_facts(was),
                                                                 _bridge_facts(br))}, resync)
@@ -153,7 +153,7 @@ class OvsWatcher:
             was_p = old_p.get(name)
             if was_p is None or was_p.uuid != port.uuid:
                 self._emit("port", "added", name, views.port_view(port), resync)
-            elif _port_facts(was_p) != _port_facts(port):
+            elif was_p != port and _port_facts(was_p) != _port_facts(port):
                 self._emit("port", "changed", name,
                            {**views.port_view(port), **_changes(_port_facts(was_p),
                                                                 _port_facts(port))}, resync)
