@@ -13,7 +13,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from vnetd.net import rtnl
@@ -206,12 +206,24 @@ def messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
 
 
 # ------------------------------------------------------------------ the socket
+def recv_datagram(sock: socket.socket, buf: bytearray) -> bytes:
+    """One datagram, read into the caller's reusable buffer and copied out at its size."""
+    try:
+        n = sock.recv_into(buf)
+    except TimeoutError as exc:
+        raise WireError(errno.ETIMEDOUT, "no answer from the kernel") from exc
+    return bytes(memoryview(buf)[:n])
+
+
 @dataclass
 class Wire:
     """One blocking rtnetlink socket of the target namespace (worker thread only)."""
 
     sock: socket.socket
     seq: int = 0
+    buf: bytearray = field(default_factory=lambda: bytearray(RECV_BYTES))
+    """One receive buffer for the socket's life: `recv(RECV_BYTES)` would allocate
+    (and the allocator map and unmap) a megabyte for every ack of a batch."""
 
     @classmethod
     def open(cls) -> Wire:
@@ -233,10 +245,7 @@ class Wire:
         return self.seq
 
     def _recv(self) -> bytes:
-        try:
-            return self.sock.recv(RECV_BYTES)
-        except TimeoutError as exc:
-            raise WireError(errno.ETIMEDOUT, "no answer from the kernel") from exc
+        return recv_datagram(self.sock, self.buf)
 
     def dump(self, kind: int, body: bytes) -> list[tuple[int, bytes]]:
         """(type, payload) of every answer of one dump request."""
