@@ -20,7 +20,7 @@ from vnetd.amqp.quarantine import Quarantine, job_key
 from vnetd.amqp.retry import RetryPolicy, delivery_of
 from vnetd.contract.base import Command
 from vnetd.contract.commands import OPS, parse_request
-from vnetd.contract.errors import Internal, InvalidArgument, VnetdError
+from vnetd.contract.errors import Forbidden, Internal, InvalidArgument, VnetdError
 
 log = structlog.get_logger("vnetd.jobs")
 
@@ -55,7 +55,8 @@ class JobConsumer:
                  cache: ReplyCache, host_id: str,
                  observers: list[JobObserver] | None = None,
                  quarantine: Quarantine | None = None,
-                 retry_policy: RetryPolicy | None = None) -> None:
+                 retry_policy: RetryPolicy | None = None,
+                 allowed_senders: frozenset[str] = frozenset()) -> None:
         self.channel = channel
         self.queue = queue
         self.execute = execute
@@ -64,6 +65,9 @@ class JobConsumer:
         self.observers = observers or []
         self.quarantine = quarantine or Quarantine(None, 0)
         self.retry = retry_policy
+        self.allowed_senders = allowed_senders
+        """Empty: any sender. Else the `user_id`s whose jobs run (RabbitMQ validates
+        user_id against the publishing connection's login, so it cannot be forged)."""
         self._tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self.stopping = False
@@ -105,6 +109,11 @@ class JobConsumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
+        if self.allowed_senders and message.user_id not in self.allowed_senders:
+            # Before the dedupe cache too: another sender's message_id must not
+            # fetch an allowed sender's reply.
+            await self._refuse_sender(message, started)
+            return
         message_id = message.message_id
         cached = self.cache.get(message_id) if message_id else None
         if cached is None and message_id and (running := self.cache.running(message_id)):
@@ -158,6 +167,17 @@ class JobConsumer:
         # command.* events) hear of it once, with its final outcome.
         self._observe(message, op, cmd, outcome, started, attempt=delivery.attempt,
                       final=outcome is None or outcome.action is not Action.RETRY)
+
+    async def _refuse_sender(self, message: AbstractIncomingMessage, started: float) -> None:
+        refused = failure(Forbidden(
+            "this host runs jobs only from its allowed senders; "
+            f"this one came from {message.user_id or 'a sender without user_id'}",
+            user_id=message.user_id))
+        await self._reply(message, refused.reply)
+        await message.ack()
+        log.warning("job_forbidden_sender", user_id=message.user_id,
+                    message_id=message.message_id)
+        self._observe(message, _op_label(message.body), None, refused, started)
 
     async def _run(self, cmd: Command, delivery: Delivery) -> Outcome:
         """The job's outcome; never raises (but for a cancellation)."""

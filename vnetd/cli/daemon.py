@@ -54,10 +54,15 @@ def main(argv: list[str] | None = None) -> int:
         return EX_OK
     if args.command == "cleanup":
         return _cleanup(settings, args)
+    from vnetd.amqp.tls import BrokerTlsError
     from vnetd.service.daemon import Daemon
     from vnetd.service.logging import setup_logging
     setup_logging(settings.log)
-    asyncio.run(Daemon(settings).run())
+    try:
+        asyncio.run(Daemon(settings).run())
+    except BrokerTlsError as exc:  # retrying cannot fix it: a configuration error
+        print(f"vnetd: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return EX_OK
 
 

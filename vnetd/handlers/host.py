@@ -90,6 +90,8 @@ async def health(cmd: HostHealth, ctx: Context) -> dict[str, Any]:
         "kernel": features,
         "components": components,
     }
+    if (node := ctx.broker_node()) is not None:
+        result["broker_node"] = node
     if not (missing or bad):
         return result
     details = ctx.component_details()

@@ -1,0 +1,125 @@
+"""A 3-node RabbitMQ cluster in the lab namespace, made and removed by the tests.
+
+Each node is a private broker of scripts/broker.sh (own node name, AMQP and
+distribution ports, state directory) whose state directories share one Erlang
+cookie; nodes 2 and 3 then `stop_app`, `join_cluster` node 1 and `start_app`.
+About 10 to 20 s here. The lab's own broker keeps running beside it (the nodes
+share the namespace's epmd, which broker.sh stops with the last node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.broker import LabBroker
+
+BASE_PORT = 5681
+
+
+@dataclass
+class Cluster:
+    nodes: list[LabBroker]
+    base: Path
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"amqp://guest:guest@127.0.0.1:{n.port}/" for n in self.nodes]
+
+    def node_at(self, address: str) -> LabBroker:
+        """The node listening at `host:port` (what host.health's broker_node says)."""
+        port = int(address.rsplit(":", 1)[1])
+        return next(n for n in self.nodes if n.port == port)
+
+    def by_name(self, name: str) -> LabBroker:
+        return next(n for n in self.nodes if n.node == name)
+
+    def alive(self) -> list[LabBroker]:
+        return [n for n in self.nodes if n.is_up()]
+
+    def ctl(self, *args: str) -> str:
+        """rabbitmqctl on the first live node."""
+        for n in self.nodes:
+            if n.is_up():
+                return n.ctl(*args)
+        raise RuntimeError("no cluster node is up")
+
+    def leader(self, queue: str) -> str:
+        """The node name of a quorum queue's leader."""
+        out = self.ctl("list_queues", "-q", "--no-table-headers", "name", "leader")
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == queue:
+                return parts[1]
+        raise LookupError(f"queue {queue} not found in:\n{out}")
+
+    def members(self, queue: str) -> list[str]:
+        out = self.ctl("list_queues", "-q", "--no-table-headers", "name", "members")
+        for line in out.splitlines():
+            if line.split(None, 1)[0:1] == [queue]:
+                return re.findall(r"[\w.\-]+@[\w.\-]+", line.split(None, 1)[1])
+        raise LookupError(queue)
+
+    def running_nodes(self) -> list[str]:
+        out = self.ctl("eval", "rabbit_nodes:list_running().")
+        return re.findall(r"'?([\w.\-]+@[\w.\-]+)'?", out)
+
+    async def arestart(self, node: LabBroker) -> None:
+        await asyncio.to_thread(node.start, 90.0)
+        await asyncio.to_thread(self.wait_joined, node)
+
+    def wait_joined(self, node: LabBroker, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while node.node not in self.running_nodes():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node.node} did not rejoin the cluster")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception:
+                n.kill()
+
+
+def start_cluster(netns: str, lab_dir: Path, suffix: str, size: int = 3) -> Cluster:
+    base = lab_dir / f"cluster-{os.getpid()}-{secrets.token_hex(2)}"
+    cookie = secrets.token_hex(20).upper()
+    nodes = []
+    for i in range(size):
+        nbase = base / f"n{i + 1}"
+        (nbase / "home").mkdir(parents=True)
+        (nbase / "home" / ".erlang.cookie").write_text(cookie)  # one cookie for all
+        nodes.append(LabBroker(netns=netns, node=f"c{i + 1}-{suffix}@localhost",
+                               port=BASE_PORT + i, dist_port=BASE_PORT + 20000 + i, base=nbase))
+    cluster = Cluster(nodes, base)
+    try:
+        with ThreadPoolExecutor(size) as pool:
+            list(pool.map(lambda n: n.start(90.0), nodes))
+        first = nodes[0].node
+        for n in nodes[1:]:
+            n.ctl("stop_app")
+            n.ctl("join_cluster", first)
+            n.ctl("start_app")
+            n.wait(60.0)
+        running = cluster.running_nodes()
+        missing = [n.node for n in nodes if n.node not in running]
+        if missing:
+            raise RuntimeError(f"nodes {missing} did not join: running {running}")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def remove_cluster(cluster: Cluster) -> None:
+    cluster.stop()
+    shutil.rmtree(cluster.base, ignore_errors=True)
