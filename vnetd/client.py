@@ -28,6 +28,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from aio_pika.abc import AbstractRobustConnection as Connection
+from yarl import URL
 
 from vnetd.amqp.connection import address_of, connect_cluster
 
@@ -52,9 +53,14 @@ class CallTimeout(Exception):
 
 class VnetClient:
     def __init__(self, url: str | Sequence[str], *, ssl_context: ssl.SSLContext | None = None,
-                 reconnect_interval: float = 0.5) -> None:
+                 reconnect_interval: float = 0.5, user_id: str | None = None) -> None:
         self.urls = split_urls(url)
         self.url = self.urls[0]
+        # The sender's login as the `user_id` property: RabbitMQ refuses a message
+        # whose user_id is not the connection's user, so a daemon with
+        # `allowed_senders` can trust it. Default: the URL's user (none for a
+        # login by client certificate: pass it then).
+        self.user_id = user_id if user_id is not None else (URL(self.url).user or None)
         self.ssl_context = ssl_context
         self.reconnect_interval = reconnect_interval
         self._connection: Connection | None = None
@@ -119,6 +125,7 @@ class VnetClient:
                 correlation_id=correlation_id,
                 message_id=message_id or str(uuid.uuid4()),
                 reply_to=self._queue.name,
+                user_id=self.user_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=routing_key,

@@ -10,18 +10,22 @@ share the namespace's epmd, which broker.sh stops with the last node).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
 import shutil
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.broker import LabBroker
+from vnetd.client import Reply, VnetClient
 
 BASE_PORT = 5681
+IN_FLIGHT = 64
 
 
 @dataclass
@@ -68,8 +72,8 @@ class Cluster:
         raise LookupError(queue)
 
     def running_nodes(self) -> list[str]:
-        out = self.ctl("eval", "rabbit_nodes:list_running().")
-        return re.findall(r"'?([\w.\-]+@[\w.\-]+)'?", out)
+        out = self.ctl("cluster_status", "--formatter", "json")
+        return list(json.loads(out)["running_nodes"])
 
     async def arestart(self, node: LabBroker) -> None:
         await asyncio.to_thread(node.start, 90.0)
@@ -123,3 +127,42 @@ def start_cluster(netns: str, lab_dir: Path, suffix: str, size: int = 3) -> Clus
 def remove_cluster(cluster: Cluster) -> None:
     cluster.stop()
     shutil.rmtree(cluster.base, ignore_errors=True)
+
+
+@dataclass
+class Load:
+    """JOBS tap.ensure jobs, IN_FLIGHT at a time, each resent until it is answered."""
+
+    client: VnetClient
+    host_id: str
+    names: list[str]
+    replies: dict[str, Reply] = field(default_factory=dict)
+    answered_at: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+    answers: dict[str, int] = field(default_factory=dict)
+
+    async def run(self) -> None:
+        sem = asyncio.Semaphore(IN_FLIGHT)
+
+        async def one(name: str) -> None:
+            mid = str(uuid.uuid4())
+            async with sem:
+                t0 = time.monotonic()
+                reply = await self.client.call(self.host_id, "tap.ensure",
+                                               {"name": name, "bridge": "br0"},
+                                               message_id=mid, timeout=120, resend_every=4)
+                self.answered_at[name] = time.monotonic()
+                self.latency[name] = self.answered_at[name] - t0
+                self.answers[name] = self.answers.get(name, 0) + 1
+                self.replies[name] = reply
+        await asyncio.gather(*(one(n) for n in self.names))
+
+    def failover(self, killed_at: float) -> float:
+        before = max((t for t in self.answered_at.values() if t <= killed_at), default=killed_at)
+        after = min(t for t in self.answered_at.values() if t > killed_at)
+        return after - before
+
+
+def p99(values: list[float]) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * 0.99))]

@@ -163,7 +163,8 @@ class BrokerLink:
         except Exception as exc:
             self.state = "disconnected"
             if (tls := explain(exc)) is not None:
-                raise tls from exc
+                where = ", ".join(address_of(u) for u in self.urls)
+                raise type(tls)(f"{tls} [broker {where}]") from exc
             raise
         connection.reconnect_callbacks.add(self._on_reconnect)
         connection.close_callbacks.add(self._on_close)
