@@ -116,8 +116,10 @@ async def test_host_credentials_cannot_drive_another_host(
             assert "ACCESS_REFUSED" in why, why
             # 4. the default exchange (needed for replies) reaches B's queue by name:
             #    the job carries user_id A, which RabbitMQ vouches for, and B refuses it.
+            # (A may declare no queue but its own: the answer comes back there)
             ch = await conn.channel(publisher_confirms=True)
-            replies = await ch.declare_queue("", exclusive=True)
+            replies = await ch.declare_queue(f"vnetd.host.{users['a']}", durable=True,
+                                             arguments={"x-queue-type": "quorum"})
             corr = str(uuid.uuid4())
             await ch.default_exchange.publish(aio_pika.Message(
                 json.dumps({"op": "tap.ensure", "args": {"name": "evil1", "bridge": "br0"}})
@@ -145,4 +147,9 @@ async def test_host_credentials_cannot_drive_another_host(
         assert "good0" in ns.links(netns)
     finally:
         await d.stop()
-        print(d.log_tail(20))
+        guest = await aio_pika.connect(lab.amqp_url)
+        async with guest:
+            ch = await guest.channel()
+            for q in (f"vnetd.host.{users['a']}", f"vnetd.host.{host_b}",
+                      f"vnetd.retry.{host_b}"):
+                await ch.queue_delete(q)

@@ -157,6 +157,36 @@ class Load:
                 self.replies[name] = reply
         await asyncio.gather(*(one(n) for n in self.names))
 
+    async def run_until(self, done: asyncio.Event, prefix: str) -> None:
+        """Keep IN_FLIGHT jobs going, on new names, until `done` is set."""
+        sem = asyncio.Semaphore(IN_FLIGHT)
+        tasks = []
+        i = 0
+        while not done.is_set():
+            await sem.acquire()
+            name = f"{prefix}{i}"
+            i += 1
+            self.names.append(name)
+
+            async def one(n: str) -> None:
+                try:
+                    await self._one(n)
+                finally:
+                    sem.release()
+            tasks.append(asyncio.create_task(one(name)))
+        await asyncio.gather(*tasks)
+
+    async def _one(self, name: str) -> None:
+        mid = str(uuid.uuid4())
+        t0 = time.monotonic()
+        reply = await self.client.call(self.host_id, "tap.ensure",
+                                       {"name": name, "bridge": "br0"},
+                                       message_id=mid, timeout=180, resend_every=4)
+        self.answered_at[name] = time.monotonic()
+        self.latency[name] = self.answered_at[name] - t0
+        self.answers[name] = self.answers.get(name, 0) + 1
+        self.replies[name] = reply
+
     def failover(self, killed_at: float) -> float:
         before = max((t for t in self.answered_at.values() if t <= killed_at), default=killed_at)
         after = min(t for t in self.answered_at.values() if t > killed_at)

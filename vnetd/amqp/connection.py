@@ -89,9 +89,11 @@ class ClusterConnection(RobustConnection):
         self._base_interval = float(value)
 
     async def _on_connected(self) -> None:
+        # Before aio-pika restores channels and calls the reconnect callbacks,
+        # which report the node.
+        self.connected_url = self.url
         await super()._on_connected()
         self._failures = 0
-        self.connected_url = self.url
         self.connects += 1
         log.info("broker_connected", address=address_of(self.url), connects=self.connects)
 
