@@ -29,6 +29,8 @@ APT_PACKAGES=(
 # purpose, so that parallel changes add lines rather than edit the same one.
 APT_TEST_PACKAGES=(
     busybox iputils-ping            # namespace guests: udhcpc, ping
+    openvswitch-switch              # OVS tests: ovsdb-server + ovs-vswitchd (userspace datapath)
+    ethtool                         # OVS tests: TX checksum offload off on veth ends (userspace datapath)
     qemu-system-x86 kmod xz-utils zstd   # real guests: QEMU (TCG); depmod/modprobe/unxz for scripts/guest-image.sh
     systemd-container               # test_systemd_nspawn.py: systemd-nspawn boots the units under a real systemd
     graphviz                        # `vnetctl show --format svg` (client side; its tests)

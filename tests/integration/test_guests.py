@@ -47,6 +47,7 @@ from tests.support.guest import (
     QemuGuest,
     Verdict,
     boot_figure,
+    boot_libvirt_guest,
     domain_xml,
     ethernet_iface,
     holders,
@@ -478,6 +479,7 @@ def test_taps_vnetd_made_outlive_their_guests(fleet: Fleet) -> None:
 
 
 # ------------------------------------------------------------------ figures
+@pytest.mark.timeout(3600)  # VNETD_GUEST_ROUNDS=3: 24 boots one at a time, on a busy TCG host
 def test_boot_to_lease_figures(fleet: Fleet) -> None:
     """Boot (virsh create / QEMU start) to eth0's DHCP lease per kind, as the host saw it.
 
@@ -501,25 +503,20 @@ def test_boot_to_lease_figures(fleet: Fleet) -> None:
         for i in range(rounds):
             name = f"{g_name(case.guests[0])}-r{i}"
             console = fleet.console(name)
-            g: Guest
             if kind == "qemu":
                 q = case.guests[0]
                 assert isinstance(q, QemuGuest)
                 g = QemuGuest(q.netns, q.image, q.tap, q.mac, console,
                               fleet.image.cmdline(hold=0), vnet_hdr=True).start()
-            else:
-                iface = next(iter(case.facts["ifaces"].values()))
-                xml = domain_xml(name, fleet.image, console.path, [iface],
-                                 cmdline=fleet.image.cmdline(hold=0))
-                g = LibvirtGuest(fleet.libvirtd, name, xml, console).start()
-            try:
-                v = g.verdict(timeout=180)
-                if isinstance(g, LibvirtGuest):
-                    g.wait_gone(60)  # poweroff -f ends the domain (ACPI)
-                else:
+                try:
+                    v = g.verdict(timeout=180)
                     g.wait(60)
-            finally:
-                g.destroy() if isinstance(g, LibvirtGuest) else g.kill()
+                finally:
+                    g.kill()
+            else:  # poweroff: its own poweroff -f must end the domain (ACPI)
+                v = boot_libvirt_guest(fleet.libvirtd, name,
+                                       list(case.facts["ifaces"].values())[:1],
+                                       workdir=fleet.dir, image=fleet.image, poweroff=True)
             assert v.lease_at is not None, console.text()
             times.append(v.lease_at)
         figures["sequential"][kind] = boot_figure(times)

@@ -4,7 +4,9 @@ One guest under the private libvirtd with two NICs that concern vnetd: one on a 
 network vnetd defined (libvirt makes its vnetN) and one on a TAP vnetd made (Nova's way).
 It starts, gets a third NIC hot-plugged (`virsh attach-interface`, on the same network),
 which the guest sees, brings up and gets a lease on; the NIC is unplugged again
-(`virsh detach-interface`: the guest's kernel ejects it), and the guest is stopped. A
+(`virsh detach-interface`: the guest's kernel ejects it); libvirtd restarts under the
+running guest (vnetd reconnects, rereads, publishes nothing: nothing changed); and the
+guest is stopped. A
 subscriber of the documented event contract sees `domain.started`,
 `domain.interface.added`, `domain.interface.removed`, `domain.stopped`, each with the
 TAP and MAC libvirt reports for that NIC, in one epoch with contiguous sequence numbers.
@@ -46,6 +48,17 @@ async def ok(rpc: RawRpc, host: str, op: str, **args: Any) -> dict[str, Any]:
     return result
 
 
+async def wait_libvirt(rpc: RawRpc, host: str, state: str, timeout: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        health = await ok(rpc, host, "host.health")
+        if health["components"].get("libvirt") == state:
+            return
+        assert loop.time() < deadline, f"libvirt never {state}: {health}"
+        await asyncio.sleep(0.1)
+
+
 def by_mac(ifaces: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {str(i["mac"]): i for i in ifaces}
 
@@ -57,12 +70,9 @@ async def test_domain_events_start_hotplug_unplug_stop(
     n = next(_ids)
     sfx = f"{lab.suffix[:3]}{n}"
     net, tap, name = f"gev{sfx}", f"vgev{sfx}", f"gev{sfx}-vm"
-    d = await start_daemon(netns=libvirtd.netns, libvirt={"enabled": True, "uri": libvirtd.uri})
-    for _ in range(100):
-        health = await ok(rpc, d.host_id, "host.health")
-        if health["components"].get("libvirt") == "connected":
-            break
-        await asyncio.sleep(0.1)
+    d = await start_daemon(netns=libvirtd.netns, libvirt={
+        "enabled": True, "uri": libvirtd.uri, "reconnect_max_seconds": 1.0})
+    await wait_libvirt(rpc, d.host_id, "connected")
     spec = {"kind": "nat", "bridge": {"name": f"vgb{sfx}", "stp": False},
             "ipv4": {"address": "10.180.0.1", "prefix": 24, "dhcp": {
                 "ranges": [{"start": "10.180.0.100", "end": "10.180.0.150"}]}}}
@@ -120,6 +130,20 @@ async def test_domain_events_start_hotplug_unplug_stop(
             await console.await_(lambda ln: "unplug" in ln.words and ln.get("nic") == nic,
                                  60, "unplug")
             assert mac2 not in await asyncio.to_thread(guest.interfaces)
+
+            # libvirtd restarts under the running guest: vnetd reconnects and rereads
+            # every domain; nothing changed, so nothing is published, and the stop below
+            # comes through the new connection's callbacks.
+            mark = len(sub.received)
+            await asyncio.to_thread(libvirtd.kill)
+            await wait_libvirt(rpc, d.host_id, "degraded")
+            await asyncio.to_thread(libvirtd.start)
+            await wait_libvirt(rpc, d.host_id, "connected")
+            assert (await virsh("domstate", name)).strip() == "running"
+            snap = await ok(rpc, d.host_id, "host.snapshot")
+            assert [(x["name"], sorted(by_mac(x["interfaces"]))) for x in snap["domains"]] == [
+                (name, sorted(ifaces))]
+            assert not [r.type for r in sub.received[mark:] if r.type.startswith("domain.")]
 
             await asyncio.to_thread(guest.destroy)
             stopped = await sub.wait_for(domain_event("domain.stopped"), timeout=60)

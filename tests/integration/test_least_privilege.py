@@ -6,13 +6,16 @@ cannot run here, so this reproduces its identity with setpriv(1): uid/gid 65534,
 no supplementary groups, capabilities reduced to CAP_NET_ADMIN, no_new_privs,
 inside a test namespace. The real handlers and netlink backend then create a
 bridge, a TAP with an owner and group, attach it, disable its IPv6 (per-device
-sysctl), and delete both. The same run without CAP_NET_ADMIN must fail.
+sysctl), and delete both. The same run without CAP_NET_ADMIN must fail. /dev/net/tun
+is given udev's mode 0666 in a mount namespace of the test's (see `tun_node`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -51,10 +54,28 @@ asyncio.run(main())
 """
 
 
-def _run(netns: str, requests: list[dict[str, object]], caps: str) -> list[dict[str, object]]:
+@pytest.fixture(scope="module")
+def tun_node(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A /dev/net/tun node with udev's usual mode (0666), for the unprivileged process.
+
+    The unit's user has no CAP_DAC_OVERRIDE, so it relies on the node being
+    world-writable, as udev makes it on a real host. A machine without udev may
+    leave it 0600: the test then binds this copy over /dev/net/tun in a mount
+    namespace of its own, and the machine's node is never changed.
+    """
+    node = tmp_path_factory.mktemp("tun") / "tun"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(10, 200))
+    os.chmod(node, 0o666)  # mknod applies the umask
+    return str(node)
+
+
+def _run(netns: str, requests: list[dict[str, object]], caps: str,
+         tun: str) -> list[dict[str, object]]:
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) missing"
-    cmd = ["ip", "netns", "exec", netns, setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}",
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+           'mount --bind "$0" /dev/net/tun && exec "$@"', tun,
+           "ip", "netns", "exec", netns, setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}",
            "--clear-groups", f"--inh-caps=-all{caps}", f"--ambient-caps=-all{caps}",
            f"--bounding-set=-all{caps}", "--no-new-privs", "--",
            sys.executable, "-c", SCRIPT, json.dumps(requests)]
@@ -64,14 +85,14 @@ def _run(netns: str, requests: list[dict[str, object]], caps: str) -> list[dict[
     return result
 
 
-def test_cap_net_admin_alone_is_enough(netns: str) -> None:
+def test_cap_net_admin_alone_is_enough(netns: str, tun_node: str) -> None:
     owner, group = 4_242_424, 4_242_425  # ids without a name: `ip` prints them as numbers
     ensure = [
         {"op": "bridge.ensure", "args": {"name": "lpbr0", "mtu": 1450}},
         {"op": "tap.ensure", "args": {"name": "lptap0", "bridge": "lpbr0",
                                       "owner_uid": owner, "group_gid": group}},
     ]
-    replies = _run(netns, ensure, ",+net_admin")
+    replies = _run(netns, ensure, ",+net_admin", tun_node)
     assert [r["ok"] for r in replies] == [True, True], replies
     tap = netns_mod.ip_json(netns, "-d", "link", "show", "lptap0")[0]
     assert tap["master"] == "lpbr0"
@@ -81,13 +102,14 @@ def test_cap_net_admin_alone_is_enough(netns: str) -> None:
     assert sysctl.stdout.strip() == "1"
 
     replies = _run(netns, [{"op": "tap.delete", "args": {"name": "lptap0"}},
-                           {"op": "bridge.delete", "args": {"name": "lpbr0"}}], ",+net_admin")
+                           {"op": "bridge.delete", "args": {"name": "lpbr0"}}], ",+net_admin",
+                   tun_node)
     assert [r["ok"] for r in replies] == [True, True], replies
     assert [e["ifname"] for e in netns_mod.ip_json(netns, "link", "show")] == ["lo"]
 
 
-def test_without_cap_net_admin_nothing_is_created(netns: str) -> None:
-    replies = _run(netns, [{"op": "bridge.ensure", "args": {"name": "lpbr1"}}], "")
+def test_without_cap_net_admin_nothing_is_created(netns: str, tun_node: str) -> None:
+    replies = _run(netns, [{"op": "bridge.ensure", "args": {"name": "lpbr1"}}], "", tun_node)
     assert replies[0]["ok"] is False
     error = replies[0]["error"]
     assert isinstance(error, dict)

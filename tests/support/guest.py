@@ -14,6 +14,8 @@ serial console (a file here) and powers off. Nothing here needs the daemon.
     guest = LibvirtGuest(libvirtd, "g1", xml, console).start()
     verdict = console.verdict(timeout=120)     # lease, ping results, timings
 
+or in one call: ``boot_libvirt_guest(libvirtd, "g1", [network_iface(...)], ping=[...])``.
+
 The accelerator is a setting: ``VNETD_GUEST_ACCEL=tcg`` (default; this machine's KVM runs
 only PVM guests) or ``kvm`` on a real hypervisor, which also makes the libvirt domain
 ``type='kvm'``.
@@ -417,6 +419,32 @@ class LibvirtGuest:
 
     def verdict(self, timeout: float = 180.0) -> Verdict:
         return self.console.verdict(timeout, alive=lambda: self.running)
+
+
+def boot_libvirt_guest(libvirtd: Virsh, name: str, interfaces: Sequence[str], *,
+                       ping: Sequence[str] = (), workdir: Path | None = None,
+                       timeout: float = 240.0, image: GuestImage | None = None,
+                       poweroff: bool = False) -> Verdict:
+    """Boot one guest with these ``<interface>`` XMLs, wait for its verdict, stop it.
+
+    The short way for a test that only needs "a real guest on X gets a lease and reaches
+    Y": ``boot_libvirt_guest(libvirtd, "g1", [network_iface("ovs1", mac_for("g1"),
+    portgroup="web")], ping=["10.0.0.1"])``. The console file stays in ``workdir``
+    (default: libvirtd's own directory) for the failure report. With ``poweroff`` the
+    guest's own ``poweroff -f`` must end the domain (ACPI) within 60 s of its verdict.
+    """
+    image = image or GuestImage.locate()
+    console = Console((workdir or libvirtd.root / "guests") / f"{name}.console")
+    xml = domain_xml(name, image, console.path, interfaces,
+                     cmdline=image.cmdline(ping=ping, wait=60))
+    guest = LibvirtGuest(libvirtd, name, xml, console).start()
+    try:
+        verdict = guest.verdict(timeout)
+        if poweroff:
+            guest.wait_gone(60)
+        return verdict
+    finally:
+        guest.destroy()
 
 
 # ------------------------------------------------------------------ bare QEMU

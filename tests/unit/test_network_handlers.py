@@ -19,6 +19,7 @@ from vnetd.handlers.dispatch import Dispatcher
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.virt.backend import (
+    DomainDefinitions,
     DomainState,
     NetworkState,
     Reason,
@@ -40,6 +41,7 @@ class FakeVirt:
     up: bool = True
     fail_start: VirtError | None = None
     domains: dict[str, DomainState] = field(default_factory=dict)  # by uuid
+    definitions: list[DomainDefinitions] = field(default_factory=list)  # what cleanup reads
     _n: int = 0
 
     @property
@@ -129,6 +131,10 @@ class FakeVirt:
     async def get_domain(self, uuid: str) -> DomainState | None:
         self._check()
         return self.domains.get(uuid)
+
+    async def domain_definitions(self) -> list[DomainDefinitions]:
+        self._check()
+        return list(self.definitions)
 
     async def set_autostart(self, name: str, enabled: bool) -> None:
         self._check()

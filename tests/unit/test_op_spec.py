@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tests.unit.fakes import FakeNet
+from tests.unit.ovs_fakes import FakeOvs
 from tests.unit.test_network_handlers import NAT, FakeVirt
 from vnetd.contract.base import Command, OpSpec
 from vnetd.contract.commands import OPS, build_op_table, parse_request, spec_of
@@ -51,13 +52,18 @@ WIRE: dict[str, set[str]] = {
     "tap.delete": {"name"},
     "tap.ensure": {"name", "bridge", "mtu", "mac", "owner_uid", "group_gid", "multi_queue",
                    "vnet_hdr", "ipv6", "up", "hold_seconds"},
+    "ovs.bridge.delete": {"name"},
+    "ovs.bridge.ensure": {"name", "hold_seconds"},
+    "ovs.bridge.list": set(),
+    "ovs.port.attach": {"name", "bridge", "tag", "trunks", "vlan_mode", "hold_seconds"},
+    "ovs.port.detach": {"name"},
     "vxlan.delete": {"name"},
     "vxlan.ensure": {"name", "vni", "local", "dev", "dstport", "learning", "proxy", "ttl", "tos",
                      "mtu", "bridge", "up"},
 }
 
 READ_ONLY = {"host.health", "host.snapshot", "bridge.list", "link.list", "network.list",
-             "network.dumpxml"}
+             "network.dumpxml", "ovs.bridge.list"}
 
 # op -> (valid args, exclusive lock keys, shared lock keys, leased names, hold, subject)
 SAMPLES: dict[str, tuple[dict[str, Any], tuple[str, ...], tuple[str, ...], tuple[str, ...],
@@ -95,6 +101,13 @@ SAMPLES: dict[str, tuple[dict[str, Any], tuple[str, ...], tuple[str, ...], tuple
     "vxlan.delete": ({"name": "vx1"}, ("link:vx1",), (), (), 0.0, "vx1"),
     "fdb.converge": ({"name": "vx1", "remotes": ["192.0.2.2"]}, ("link:vx1",), (), (), 0.0,
                      "vx1"),
+    "ovs.bridge.ensure": ({"name": "ob0", "hold_seconds": 9.0}, ("link:ob0",), (), ("ob0",),
+                          9.0, "ob0"),
+    "ovs.bridge.delete": ({"name": "ob0"}, ("link:ob0",), (), (), 0.0, "ob0"),
+    "ovs.bridge.list": ({}, (), (), (), 0.0, None),
+    "ovs.port.attach": ({"name": "eth1", "bridge": "ob0", "tag": 10}, ("link:eth1",),
+                        ("link:ob0",), ("eth1", "ob0"), 0.0, "eth1"),
+    "ovs.port.detach": ({"name": "tap0"}, ("link:tap0",), (), (), 0.0, "tap0"),
 }
 
 
@@ -170,23 +183,25 @@ async def test_read_only_ops_lease_nothing_and_publish_no_command_event() -> Non
     net.add("eth1")
     virt = FakeVirt()
     ctx = Context(host_id="hv1", net=net, policy=Policy(attachable=("eth*",)), version="t",
-                  virt=virt)
+                  virt=virt, ovs=FakeOvs())
     dispatcher = Dispatcher(build_registry(), ctx)
     sink = Recorder()
     events = CommandEvents(sink)
     changed: list[str] = []
     metrics = JobMetrics()
-    order = ["bridge.ensure", "tap.ensure", "port.attach", "network.define", *sorted(WIRE)]
+    # (eth1 joins the OVS bridge before port.attach puts it in br0: one bridge at a time)
+    order = ["bridge.ensure", "ovs.bridge.ensure", "ovs.port.attach", "tap.ensure",
+             "port.attach", "network.define", *sorted(WIRE)]
     for op in dict.fromkeys(order):
         args = SAMPLES[op][0]
-        before = {n: dispatcher.leases.get(n) for n in ("br0", "tap0", "eth1")}
+        before = {n: dispatcher.leases.get(n) for n in ("br0", "tap0", "eth1", "ob0")}
         before_copy = {n: (v.last_used, v.hold_until) if v else None for n, v in before.items()}
         cmd = parse_request({"op": op, "args": args})
         try:
             result: dict[str, Any] | None = await dispatcher.execute(cmd)
         except Exception:  # a failed job still says what it is; leases are what counts here
             result = None
-        after = {n: dispatcher.leases.get(n) for n in ("br0", "tap0", "eth1")}
+        after = {n: dispatcher.leases.get(n) for n in ("br0", "tap0", "eth1", "ob0")}
         after_copy = {n: (v.last_used, v.hold_until) if v else None for n, v in after.items()}
         sink.events.clear()
         events.job_finished(Job(op, cmd.event_subject(), ok=result is not None, result=result,

@@ -101,3 +101,33 @@ async def test_foreign_rows_are_ignored() -> None:
 def test_bridge_master_rows_are_not_notices() -> None:
     body = w._NDMSG.pack(w.AF_BRIDGE, 7, 0x80, 0x04, 0) + w.attr(w.NDA_LLADDR, bytes(6))
     assert w.parse_notice(w.RTM_NEWNEIGH, body) is None
+
+
+async def test_start_reads_the_record_back_and_an_overrun_reports_what_went() -> None:
+    """After a restart the kernel's owned entries are the record; after lost notices
+    (ENOBUFS) the record is compared with the kernel and the differences published."""
+    from tests.unit.fake_overlay import FakeOverlay
+    from vnetd.net.overlay import NTF_SELF, NUD_PERMANENT, FdbEntry
+
+    net = FakeNet()
+    overlay = net.overlay()
+    assert isinstance(overlay, FakeOverlay)
+    index = overlay.add_vxlan_link("vx1", 5, "198.51.100.1")
+    foreign = overlay.add_vxlan_link("vx-other", 6, "198.51.100.1", owned=False)
+    overlay.fdb[index] = [FdbEntry(ZERO_MAC, "198.51.100.2"), FdbEntry(ZERO_MAC, "198.51.100.3"),
+                          FdbEntry("52:54:00:00:00:09", "198.51.100.9", NUD_PERMANENT, NTF_SELF)]
+    overlay.fdb[foreign] = [FdbEntry(ZERO_MAC, "198.51.100.2")]
+    ctx = Context(host_id="hv1", net=net, policy=Policy(), version="t")
+    sink = Sink()
+    wt = NeighWatcher(ctx, sink, socket.socket)
+    await wt.start()
+    try:
+        # Only vnetd's rows of vnetd's devices: the hand-made unicast row is not in it.
+        assert ctx.overlay.devices == {index: {("remotes", "198.51.100.2"): None,
+                                               ("remotes", "198.51.100.3"): None}}
+        overlay.fdb[index] = overlay.fdb[index][1:]  # lost while the socket overflowed
+        await wt._sync(report=True)
+        assert [(t, d["change"], d["dst"]) for t, _, d in sink.events] == [
+            ("fdb.changed", "removed", "198.51.100.2")]
+    finally:
+        await wt.stop()

@@ -201,6 +201,7 @@ async def test_health_shape(call: Caller) -> None:
         "status": "healthy",
         "kernel": {"bridge": True, "tun_device": True, "netns": ""},
         "components": {"amqp": "connected", "libvirt": "disabled"},
+        "ovs": {"state": "disabled", "reason": "[ovs] enabled = false"},
     }
 
 

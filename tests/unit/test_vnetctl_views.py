@@ -147,6 +147,13 @@ def test_bash_completion_completes_commands_ops_and_keys() -> None:
     assert "--follow" in _complete(script, ["vnetctl", "events", "--f"])
 
 
+def test_completion_works_when_loaded_inside_a_function() -> None:
+    """bash-completion sources completions/vnetctl from a function (its lazy loader)."""
+    script = bash_script(vnetctl.build_parser(), vnetctl.op_fields())
+    wrapped = f"_load() {{\n{script}\n}}\n_load"
+    assert set(_complete(wrapped, ["vnetctl", "tap.ensure", "br"])) == {"bridge="}
+
+
 def test_completion_offers_exactly_the_parsers_options() -> None:
     """Generated, not a copy: every option the parser accepts, and nothing else."""
     import argparse

@@ -88,6 +88,27 @@ class LibvirtSettings(_Section):
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=3600)
 
 
+class OvsSettings(_Section):
+    enabled: bool = Field(
+        default=False,
+        description="Manage Open vSwitch bridges and ports through OVSDB (needs ovsdb-server)")
+    db: str = Field(default="unix:/var/run/openvswitch/db.sock",
+                    pattern=r"^(unix:/\S+|tcp:\S+:\d+|ssl:\S+:\d+)$",
+                    description="OVSDB remote of the local ovsdb-server")
+    datapath_type: Literal["system", "netdev"] = Field(
+        default="system",
+        description="Datapath of the bridges vnetd creates: system (kernel module) or netdev")
+    foreign_bridges: tuple[str, ...] = Field(
+        default=(), description="Glob patterns of OVS bridges vnetd did not create that it may "
+        "still attach its ports to (e.g. br-int); it never changes or deletes them")
+    apply_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300,
+        description="How long a change may take ovs-vswitchd to apply before the job answers "
+        "unavailable (and is retried)")
+    probe_interval_seconds: float = Field(default=5.0, ge=0, le=600,
+                                          description="OVSDB keepalive; 0 = off")
+
+
 class PolicySettings(_Section):
     attachable: tuple[str, ...] = Field(
         default=(), description="Glob patterns of unowned interfaces that may join owned bridges")
@@ -116,6 +137,8 @@ class CleanupSettings(_Section):
     taps: bool = True
     bridges: bool = True
     networks: bool = True
+    ovs_bridges: bool = Field(default=True,
+                              description="Owned OVS bridges without ports (bridge grace)")
 
 
 class MetricsSettings(_Section):
@@ -139,6 +162,7 @@ class Settings(BaseSettings):
     amqp: AmqpSettings = AmqpSettings()
     netlink: NetlinkSettings = NetlinkSettings()
     libvirt: LibvirtSettings = LibvirtSettings()
+    ovs: OvsSettings = OvsSettings()
     policy: PolicySettings = PolicySettings()
     events: EventsSettings = EventsSettings()
     cleanup: CleanupSettings = CleanupSettings()

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from vnetd.contract import cleanup, network, overlay
+from vnetd.contract import cleanup, network, overlay, ovs
 from vnetd.contract.base import Command, OpSpec
 from vnetd.contract.errors import InvalidArgument
 from vnetd.contract.types import IfName, Mac, Mtu, not_libvirt_reserved
@@ -232,7 +232,7 @@ def build_op_table(*groups: Iterable[type[Command]]) -> OpTable:
 
 
 _ALL_GROUPS: tuple[tuple[type[Command], ...], ...] = (
-    LINK_OPS, network.NETWORK_OPS, cleanup.CLEANUP_OPS, overlay.OVERLAY_OPS)
+    LINK_OPS, network.NETWORK_OPS, cleanup.CLEANUP_OPS, overlay.OVERLAY_OPS, ovs.OVS_OPS)
 
 OPS: OpTable = build_op_table()
 """Every op vnetd's contract defines, by name (read-only: built once, above)."""

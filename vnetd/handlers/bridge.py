@@ -6,6 +6,7 @@ from typing import Any
 
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
 from vnetd.contract.errors import NotFound, Unsupported
+from vnetd.handlers import ovs
 from vnetd.handlers.context import Context
 from vnetd.handlers.overlay_mtu import check_overlay_mtu
 from vnetd.handlers.overlay_views import add_bridge_vxlans
@@ -94,10 +95,11 @@ async def delete(cmd: BridgeDelete, ctx: Context) -> dict[str, Any]:
 
 
 async def list_(cmd: BridgeList, ctx: Context) -> dict[str, Any]:
+    """Linux bridges (with their VXLAN ports), then Open vSwitch bridges (kind "ovs")."""
     links = await ctx.net.list_links()
     bridges = bridge_table(links)
     await add_bridge_vxlans(ctx.net, bridges, links)
-    return {"bridges": bridges}
+    return {"bridges": bridges + await ovs.bridge_entries(ctx)}
 
 
 

@@ -9,6 +9,10 @@ What is an orphan (each rule switchable in `[cleanup]`, each with its grace):
   `bridge_grace_seconds`, that no libvirt network or domain references;
 - `network.ttl`: an owned transient libvirt network past the time-to-live it
   was given when it was created;
+- `ovs_bridge.empty`: an OVS bridge vnetd created (`external_ids:vnetd-owner`)
+  with no port besides its own internal one, for longer than
+  `bridge_grace_seconds`, that no libvirt network or domain references (its
+  idle clock lives in this process only: a restart restarts it).
 - `vxlan.orphan`: an owned VXLAN device attached to no bridge (its bridge is
   gone, so it carries no guest's traffic), for longer than
   `bridge_grace_seconds` (switched with the bridge rule).
@@ -44,7 +48,7 @@ import asyncio
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,6 +64,7 @@ from vnetd.handlers.leases import Clock, Leases
 from vnetd.handlers.policy import Policy
 from vnetd.net.backend import NetBackend
 from vnetd.net.model import OWNER_ALIAS, Link, LinkChange
+from vnetd.ovs.backend import OWNER_KEY, OWNER_VALUE, OvsBackend, OvsBridge, OvsError
 
 if TYPE_CHECKING:
     from vnetd.handlers.dispatch import KeyedLocks
@@ -69,6 +74,7 @@ log = structlog.get_logger("vnetd.cleanup")
 TAP_RULE = "tap.idle"
 BRIDGE_RULE = "bridge.empty"
 NETWORK_RULE = "network.ttl"
+OVS_BRIDGE_RULE = "ovs_bridge.empty"
 VXLAN_RULE = "vxlan.orphan"
 PARALLEL = 256
 """Devices re-checked and removed (or clocks written) at once."""
@@ -80,6 +86,7 @@ class Rules:
     taps: bool = True
     bridges: bool = True
     networks: bool = True
+    ovs_bridges: bool = True
     tap_grace: float = 600.0
     bridge_grace: float = 600.0
     lease_seconds: float = 60.0
@@ -171,6 +178,7 @@ class Sweeper:
                  locks: KeyedLocks, leases: Leases,
                  references: ReferenceSource | None = None,
                  networks: NetworkSource | None = None,
+                 ovs: Callable[[], OvsBackend | None] | None = None,
                  clock: Clock | None = None, restart_clocks: bool = True) -> None:
         self.net = net
         self.policy = policy
@@ -180,6 +188,8 @@ class Sweeper:
         self.leases = leases
         self.references: ReferenceSource = references or NoReferences()
         self.networks = networks
+        self.ovs = ovs
+        self._ovs_seen: dict[str, tuple[str, float]] = {}  # name -> (row uuid, idle since)
         self.clock: Clock = clock or leases.clock
         self.started = self.clock() if restart_clocks else float("-inf")
         self._seen: dict[str, _Seen] = {}
@@ -193,6 +203,8 @@ class Sweeper:
             await self._links(report)
             if self.rules.networks and self.networks is not None:
                 await self._networks(report)
+            if self.rules.ovs_bridges and self.ovs is not None:
+                await self._ovs_bridges(report)
             result = report.result(time.perf_counter() - began)
             log.info("cleanup_pass", dry_run=dry_run, checked=result["checked"],
                      in_use=result["in_use"], removed=result["removed"],
@@ -404,6 +416,84 @@ class Sweeper:
                              {"kind": "network", "rule": NETWORK_RULE,
                               "expired_seconds_ago": round(-expires_in, 3)})
             log.info("cleanup_removed", kind="network", network=name, rule=NETWORK_RULE)
+
+    # ------------------------------------------------------------------ OVS bridges
+    async def _ovs_bridges(self, report: Report) -> None:
+        backend = self.ovs() if self.ovs is not None else None
+        if backend is None:
+            return
+        try:
+            state = await backend.snapshot()
+        except OvsError as exc:
+            report.add({"kind": "ovs_bridge", "name": "*", "rule": OVS_BRIDGE_RULE}, "kept",
+                       f"OVS bridges unknown: {exc.message}")
+            return
+        refs, refs_problem = await self._refs()
+        now = self.clock()
+        seen: dict[str, tuple[str, float]] = {}
+        for br in state.bridges:
+            if not br.owned or self.policy.is_protected(br.name):
+                continue
+            report.checked += 1
+            if br.guest_ports():
+                report.in_use += 1
+                continue
+            mine = self._ovs_seen.get(br.name)
+            since = mine[1] if mine is not None and mine[0] == br.uuid else now
+            seen[br.name] = (br.uuid, since)
+            lease = self.leases.get(br.name)
+            idle = max(0.0, now - max(since, self.started,
+                                      lease.last_used if lease else float("-inf")))
+            grace = self.rules.bridge_grace
+            entry: dict[str, Any] = {"kind": "ovs_bridge", "name": br.name,
+                                     "rule": OVS_BRIDGE_RULE, "idle_seconds": round(idle, 3),
+                                     "grace_seconds": grace}
+            held = self.leases.held_for(br.name, self.rules.lease_seconds)
+            if held > 0:
+                report.add(entry, "kept", f"leased by a job for {held:.1f}s more")
+            elif idle < grace:
+                report.add(entry, "kept", f"idle {idle:.1f}s of {grace:g}s grace")
+            elif refs is None:
+                report.add(entry, "kept", f"libvirt references unknown: {refs_problem}")
+            elif br.name in refs:
+                report.add(entry, "kept", f"referenced by libvirt {refs[br.name]}")
+            elif report.dry_run:
+                report.add(entry, "would_remove")
+            else:
+                await self._remove_ovs_bridge(backend, br, entry, report)
+        self._ovs_seen = seen
+
+    async def _remove_ovs_bridge(self, backend: OvsBackend, br: OvsBridge,
+                                 entry: dict[str, Any], report: Report) -> None:
+        """Re-check under the bridge's lock (the one ovs.* jobs take), then delete that row."""
+        async with self.locks.hold((f"link:{br.name}",)):
+            reason: str | None = None
+            try:
+                now_ = (await backend.snapshot()).bridge(br.name)
+                held = self.leases.held_for(br.name, self.rules.lease_seconds)
+                if now_ is None or now_.uuid != br.uuid:
+                    reason = "replaced or gone since the first check"
+                elif not now_.owned:
+                    reason = "no longer carries vnetd's marker"
+                elif now_.guest_ports():
+                    reason = "has port(s) at the re-check"
+                elif held > 0:
+                    reason = f"leased by a job for {held:.1f}s more"
+                else:
+                    await backend.delete_bridge(br.uuid, {OWNER_KEY: OWNER_VALUE})
+            except OvsError as exc:
+                reason = f"could not remove: {exc.message}"
+        if reason is not None:
+            report.add(entry, "kept", reason)
+            return
+        report.add(entry, "removed")
+        self.leases.forget(br.name)
+        self._ovs_seen.pop(br.name, None)
+        metrics.CLEANUP_REMOVED.labels(kind="ovs_bridge").inc()
+        self.events.emit("cleanup.removed", br.name,
+                         {"kind": "ovs_bridge", "rule": OVS_BRIDGE_RULE,
+                          "idle_seconds": entry["idle_seconds"]})
+        log.info("cleanup_removed", kind="ovs_bridge", bridge=br.name, rule=OVS_BRIDGE_RULE)
 
 
 async def run(cmd: CleanupRun, ctx: Context) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from vnetd.contract.events import EventSink, NullSink
 from vnetd.handlers.overlay_state import OverlayState
 from vnetd.handlers.policy import Policy
 from vnetd.net.backend import NetBackend
+from vnetd.ovs.backend import OvsBackend, OvsOptions
 from vnetd.virt.backend import VirtBackend
 
 SnapshotPart = Callable[[], Awaitable[dict[str, Any]]]
@@ -44,6 +45,9 @@ class Context:
     """host:port of the broker node the daemon is connected to now (host.health)."""
     virt: VirtBackend | None = None
     """libvirt networks; None when `[libvirt] enabled = false` (network ops: unavailable)."""
+    ovs: OvsBackend | None = None
+    """Open vSwitch; None when `[ovs] enabled = false` (ovs ops: unsupported)."""
+    ovs_options: OvsOptions = field(default_factory=OvsOptions)
     snapshot_parts: tuple[SnapshotPart, ...] = ()
     """What host.snapshot adds to the host id (when none gives `links`, it dumps them)."""
     cleanup: CleanupSweep | None = None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vnetd.contract.commands import HostHealth, HostSnapshot
+from vnetd.handlers import ovs
 from vnetd.handlers.context import Context
 from vnetd.handlers.overlay_views import add_vxlan_views
 from vnetd.handlers.views import views_of
@@ -73,6 +74,7 @@ async def snapshot(cmd: HostSnapshot, ctx: Context) -> dict[str, Any]:
     if "links" not in result:
         result["links"] = views_of(await ctx.net.list_links())
     await add_vxlan_views(ctx.net, result["links"])
+    result.update(await ovs.snapshot_part(ctx))
     return result
 
 
@@ -89,6 +91,7 @@ async def health(cmd: HostHealth, ctx: Context) -> dict[str, Any]:
         "status": "degraded" if missing or bad else "healthy",
         "kernel": features,
         "components": components,
+        "ovs": ovs.health_view(ctx),
     }
     if (node := ctx.broker_node()) is not None:
         result["broker_node"] = node

@@ -36,6 +36,7 @@ from vnetd.contract.network import (
     NetworkUndefine,
     NetworkUpdate,
 )
+from vnetd.handlers import ovs
 from vnetd.handlers.context import Context
 from vnetd.virt import xml
 from vnetd.virt.backend import (
@@ -81,7 +82,7 @@ def _error(exc: VirtError, name: str, kind: str | None) -> VnetdError:
 
 
 def _parse(state: NetworkState) -> ET.Element:
-    return xml.parse_safe(state.xml, max_bytes=16 * 1024 * 1024)
+    return xml.parse_safe(state.xml, max_bytes=xml.LIBVIRT_XML_MAX_BYTES)
 
 
 def view(state: NetworkState) -> dict[str, Any]:
@@ -129,6 +130,11 @@ async def _check_runnable(root: ET.Element, ctx: Context) -> None:
             if await ctx.net.get_link(dev) is None:
                 raise NotFound(f"network {name} needs device {dev}, which does not exist",
                                name=name, device=dev)
+    elif kind == "ovs" and ctx.ovs is not None:  # OVSDB knows, whatever the datapath
+        bridge = xml.bridge_of(root) or ""
+        if (await ovs.state_of(ctx)).bridge(bridge) is None:
+            raise NotFound(f"network {name} needs the Open vSwitch bridge {bridge}, which does "
+                           "not exist", name=name, bridge=bridge)
     elif kind == "ovs":
         bridge = xml.bridge_of(root) or ""
         link = await ctx.net.get_link(bridge)
@@ -137,7 +143,7 @@ async def _check_runnable(root: ET.Element, ctx: Context) -> None:
             if not any(lk.kind == "openvswitch" for lk in links):
                 raise Unsupported(
                     f"network {name} needs the Open vSwitch bridge {bridge}, but Open vSwitch "
-                    "is not running here (no openvswitch datapath: the kernel module is absent)",
+                    "is not running here (no openvswitch datapath, and [ovs] enabled = false)",
                     name=name, bridge=bridge)
             raise NotFound(f"network {name} needs the Open vSwitch bridge {bridge}, which does "
                            "not exist", name=name, bridge=bridge)

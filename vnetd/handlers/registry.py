@@ -8,9 +8,10 @@ from typing import Any
 from vnetd.contract import commands as c
 from vnetd.contract import network as n
 from vnetd.contract import overlay as o
+from vnetd.contract import ovs as ov
 from vnetd.contract.base import Command
 from vnetd.contract.cleanup import CleanupRun
-from vnetd.handlers import bridge, fdb, host, link, network, port, tap, vxlan
+from vnetd.handlers import bridge, fdb, host, link, network, ovs, port, tap, vxlan
 from vnetd.handlers.cleanup import run as cleanup_run
 from vnetd.handlers.context import Context
 
@@ -45,4 +46,9 @@ def build_registry() -> Registry:
         o.VxlanEnsure: vxlan.ensure,
         o.VxlanDelete: vxlan.delete,
         o.FdbConverge: fdb.converge,
+        ov.OvsBridgeEnsure: ovs.ensure,
+        ov.OvsBridgeDelete: ovs.delete,
+        ov.OvsBridgeList: ovs.list_,
+        ov.OvsPortAttach: ovs.attach,
+        ov.OvsPortDetach: ovs.detach,
     }

@@ -39,7 +39,7 @@ log = structlog.get_logger("vnetd.cleanup")
 
 
 def rules_of(s: CleanupSettings) -> Rules:
-    return Rules(taps=s.taps, bridges=s.bridges, networks=s.networks,
+    return Rules(taps=s.taps, bridges=s.bridges, networks=s.networks, ovs_bridges=s.ovs_bridges,
                  tap_grace=s.tap_grace_seconds, bridge_grace=s.bridge_grace_seconds,
                  lease_seconds=s.lease_seconds)
 
@@ -53,7 +53,9 @@ def sweeper_for(net: NetBackend, policy: Policy, events: EventSink, settings: Cl
         references = LibvirtReferences(lambda: ctx.virt)
         networks = LibvirtNetworkTtl(lambda: ctx.virt)
     return Sweeper(net, policy, events, rules_of(settings), locks=locks, leases=leases,
-                   references=references, networks=networks, restart_clocks=restart_clocks)
+                   references=references, networks=networks,
+                   ovs=(lambda: ctx.ovs) if ctx is not None else None,
+                   restart_clocks=restart_clocks)
 
 
 class _ContextSink:

@@ -26,6 +26,8 @@ from vnetd.handlers.host import ComponentStates
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 from vnetd.net.netlink import NetlinkBackend
+from vnetd.ovs.backend import OvsOptions
+from vnetd.ovs.idl import IdlBackend
 from vnetd.service import failpoints
 from vnetd.service.cleanup import CleanupComponent
 from vnetd.service.component import Component
@@ -36,6 +38,7 @@ from vnetd.service.watchdog import Watchdog
 from vnetd.supervisor import TaskTree
 from vnetd.virt.libvirt_backend import LibvirtBackend
 from vnetd.watchers.libvirt import LibvirtWatcher
+from vnetd.watchers.ovs import OvsWatcher
 
 log = structlog.get_logger("vnetd")
 
@@ -83,7 +86,7 @@ def build_components(rt: Runtime) -> list[Component]:
     rt.observers.append(metrics.observer)
     # Events first: they set ctx.events, which later components emit to.
     components: list[Component] = [watchdog, metrics, *event_components(rt),
-                                   *_libvirt_components(rt)]
+                                   *_libvirt_components(rt), *_ovs_components(rt)]
     if rt.dispatcher is not None:
         cleanup = CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
                                    libvirt_enabled=s.libvirt.enabled)
@@ -103,6 +106,18 @@ def _libvirt_components(rt: Runtime) -> list[Component]:
     rt.ctx.virt = backend
     rt.ctx.snapshot_parts += (watcher.snapshot,)
     return [watcher]
+
+
+def _ovs_components(rt: Runtime) -> list[Component]:
+    """The OVS watcher (it also gives handlers ctx.ovs) when `[ovs] enabled`."""
+    o = rt.settings.ovs
+    if not o.enabled:
+        return []
+    backend = IdlBackend(o.db, apply_timeout=o.apply_timeout_seconds,
+                         probe_interval=o.probe_interval_seconds)
+    options = OvsOptions(datapath_type=o.datapath_type, foreign_bridges=o.foreign_bridges)
+    rt.ctx.ovs, rt.ctx.ovs_options = backend, options
+    return [OvsWatcher(backend, rt.ctx, rt.states, options)]
 
 
 def _quarantine(s: Settings) -> Quarantine:

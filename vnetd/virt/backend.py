@@ -67,6 +67,16 @@ class DomainState:
     """From the live definition when active, else the persistent one."""
 
 
+@dataclass(frozen=True)
+class DomainDefinitions:
+    """The XML of a domain's definitions, for what cleanup must not remove."""
+
+    name: str
+    xmls: tuple[str, ...]
+    """Its current definition (the live one when running) and, for a running
+    persistent domain, the one it boots with next."""
+
+
 class UpdateSection(StrEnum):
     DHCP_HOST = "ip-dhcp-host"
     DHCP_RANGE = "ip-dhcp-range"
@@ -111,3 +121,7 @@ class VirtBackend(Protocol):
         ...
 
     async def get_domain(self, uuid: str) -> DomainState | None: ...
+
+    async def domain_definitions(self) -> list[DomainDefinitions]:
+        """Every domain's definitions as libvirtd gives them (parse with virt.xml.parse_safe)."""
+        ...

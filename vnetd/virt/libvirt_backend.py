@@ -22,6 +22,7 @@ import libvirtaio
 import structlog
 
 from vnetd.virt.backend import (
+    DomainDefinitions,
     DomainState,
     NetworkState,
     Reason,
@@ -324,4 +325,19 @@ class LibvirtBackend:
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return None
                 raise
+        return await self._call(work)
+
+    async def domain_definitions(self) -> list[DomainDefinitions]:
+        def work(conn: Any) -> list[DomainDefinitions]:
+            out = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    xmls = [str(dom.XMLDesc(0))]
+                    if dom.isActive() and dom.isPersistent():  # the next boot's definition too
+                        xmls.append(str(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+                    out.append(DomainDefinitions(str(dom.name()), tuple(xmls)))
+                except libvirt.libvirtError as exc:  # undefined while we listed it
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+            return out
         return await self._call(work)

@@ -5,10 +5,13 @@ libvirt network, and the target device and source bridge of every defined
 domain (running or not, live and persistent definitions). `LibvirtNetworkTtl`
 implements its NetworkSource: owned transient networks whose ownership marker
 carries `expires` (unix seconds). Both go through the daemon's one libvirt
-connection (the LibvirtBackend the libvirt watcher keeps in ctx.virt); every
-libvirt call runs in its thread pool, never on the event loop.
+connection (the VirtBackend in ctx.virt), only through that Protocol; every
+libvirt call runs in the backend's thread pool, never on the event loop. Every
+definition is read with the one safe parser (vnetd.virt.xml.parse_safe).
 
-When libvirt cannot answer they raise Unavailable, and cleanup keeps everything.
+When libvirt cannot answer, or gives a definition that does not parse (or that
+the safe parser refuses), they raise Unavailable and cleanup keeps everything:
+a reference it cannot read is not a reference it may ignore.
 """
 
 from __future__ import annotations
@@ -16,30 +19,26 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import Any
-
-import libvirt
 
 from vnetd.contract.errors import Unavailable
 from vnetd.virt.backend import NetworkState, VirtBackend, VirtError
-from vnetd.virt.libvirt_backend import LibvirtBackend
-from vnetd.virt.xml import MARKER
+from vnetd.virt.domain import read_interfaces
+from vnetd.virt.xml import LIBVIRT_XML_MAX_BYTES, MARKER, XmlError, parse_safe
 
 GetBackend = Callable[[], VirtBackend | None]
 
 
-def _root(xml: str) -> ET.Element | None:
+def _root(xml: str, what: str) -> ET.Element:
     try:
-        return ET.fromstring(xml)  # noqa: S314 - written by libvirtd itself, not a client
-    except ET.ParseError:
-        return None
+        return parse_safe(xml, max_bytes=LIBVIRT_XML_MAX_BYTES)
+    except XmlError as exc:
+        raise Unavailable(f"libvirt: the definition of {what} is unreadable: {exc}") from None
 
 
 def network_references(states: list[NetworkState]) -> dict[str, str]:
     refs: dict[str, str] = {}
     for state in states:
-        root = _root(state.xml)
-        bridge = root.find("bridge") if root is not None else None
+        bridge = _root(state.xml, f"network {state.name}").find("bridge")
         if bridge is not None and bridge.get("name"):
             refs[str(bridge.get("name"))] = f"network {state.name}"
     return refs
@@ -47,31 +46,17 @@ def network_references(states: list[NetworkState]) -> dict[str, str]:
 
 def domain_references(name: str, xml: str) -> dict[str, str]:
     """Interfaces one domain definition names: `<target dev>` and `<source bridge>`."""
+    try:
+        interfaces = read_interfaces(xml)
+    except XmlError as exc:
+        raise Unavailable(f"libvirt: the definition of domain {name} is unreadable: {exc}"
+                          ) from None
     refs: dict[str, str] = {}
-    root = _root(xml)
-    if root is None:
-        return refs
-    for iface in root.iterfind("devices/interface"):
-        target = iface.find("target")
-        if target is not None and target.get("dev"):
-            refs[str(target.get("dev"))] = f"domain {name}"
-        source = iface.find("source")
-        if source is not None and source.get("bridge"):
-            refs[str(source.get("bridge"))] = f"domain {name}"
-    return refs
-
-
-def _domains(conn: Any) -> dict[str, str]:
-    refs: dict[str, str] = {}
-    for dom in conn.listAllDomains(0):
-        try:
-            name = dom.name()
-            refs.update(domain_references(name, dom.XMLDesc(0)))
-            if dom.isActive() and dom.isPersistent():  # the next boot's definition too
-                refs.update(domain_references(name, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
-        except libvirt.libvirtError as exc:  # undefined while we listed it
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
+    for iface in interfaces:
+        if iface.target:
+            refs[iface.target] = f"domain {name}"
+        if iface.bridge:
+            refs[iface.bridge] = f"domain {name}"
     return refs
 
 
@@ -87,8 +72,9 @@ class LibvirtReferences:
             raise Unavailable("not connected to libvirtd")
         try:
             refs = network_references(await backend.list_networks())
-            if isinstance(backend, LibvirtBackend):
-                refs.update(await backend._call(_domains))
+            for domain in await backend.domain_definitions():
+                for xml in domain.xmls:
+                    refs.update(domain_references(domain.name, xml))
         except VirtError as exc:
             raise Unavailable(f"libvirt: {exc.message}") from exc
         return refs
@@ -98,8 +84,11 @@ def expires_of(state: NetworkState) -> float | None:
     """Unix time an owned transient network expires at, or None (no TTL, or not ours)."""
     if state.persistent:
         return None
-    root = _root(state.xml)
-    marker = root.find(f"metadata/{MARKER}") if root is not None else None
+    try:
+        root = parse_safe(state.xml, max_bytes=LIBVIRT_XML_MAX_BYTES)
+    except XmlError:
+        return None  # unreadable: no TTL, so cleanup keeps the network
+    marker = root.find(f"metadata/{MARKER}")
     if marker is None:
         return None
     try:
