@@ -15,7 +15,6 @@ gap (sequences contiguous, or the gap announced by a host.resync with `lost`).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -188,66 +187,3 @@ async def test_kill_the_queue_leader(cluster_up: Cluster, cluster_daemon: Daemon
     new_leader = cluster.leader(topology.host_queue_name(host_id))
     assert new_leader != leader
 
-
-@pytest.mark.slow
-async def test_rolling_restart_of_all_three_nodes(
-        cluster_up: Cluster, cluster_daemon: DaemonFactory, netns: str) -> None:
-    """Each node in turn stopped (SIGTERM) and started again while jobs keep coming.
-
-    Every node goes away once, so no subscriber connection survives: the events
-    are read from a quorum queue of the test's own (replicated like the host's),
-    bound before the load and drained at the end."""
-    cluster = cluster_up
-    d = await cluster_daemon(netns)
-    probe = f"probe.{d.host_id}"
-    conn = await aio_pika.connect(cluster.urls[0])
-    async with conn:
-        ch = await conn.channel()
-        q = await ch.declare_queue(probe, durable=True, arguments={"x-queue-type": "quorum"})
-        await q.bind("vnetd.events", routing_key=f"{d.host_id}.#")
-    async with VnetClient(cluster.urls) as client:
-        assert (await client.call(d.host_id, "bridge.ensure", {"name": "br0"}, timeout=30)).ok
-        epoch = (await client.call(d.host_id, "host.snapshot", timeout=30)).result[
-            "events"]["epoch"]
-        load = Load(client, d.host_id, [])
-        done = asyncio.Event()
-        runner = asyncio.create_task(load.run_until(done, "r"))
-        nodes_seen: set[str] = set()
-        for node in cluster.nodes:
-            while len(load.replies) < 100 * (len(nodes_seen) + 1) and not runner.done():
-                await asyncio.sleep(0.05)
-            nodes_seen.add((await _health(client, d.host_id))["broker_node"])
-            await node.astop()
-            await cluster.arestart(node)
-        done.set()
-        await asyncio.wait_for(runner, 240)
-    assert load.names and len(load.replies) == len(load.names)
-    assert set(load.answers.values()) == {1}
-    assert all(r.ok and r.result.get("created") is True for r in load.replies.values())
-    links = ns.links(netns)
-    assert sorted(n for n in links if n.startswith("r") and n[1:].isdigit()) == sorted(
-        load.names)
-    assert all(links[n].get("master") == "br0" for n in load.names)
-    # the events: contiguous sequences of the epoch, or a gap announced
-    seqs: list[int] = []
-    announced: set[int] = set()
-    conn = await aio_pika.connect(cluster.urls[0])
-    async with conn:
-        ch = await conn.channel()
-        q = await ch.get_queue(probe)
-        while (m := await q.get(fail=False, no_ack=True)) is not None:
-            ev = json.loads(m.body)
-            if ev.get("epoch") == epoch:
-                seqs.append(int(ev["sequence"]))
-            lost = (ev.get("data") or {}).get("lost")
-            if lost:
-                announced.update(range(int(lost["first"]), int(lost["last"]) + 1))
-        await q.delete(if_unused=False, if_empty=False)
-    unique = sorted(set(seqs))
-    assert unique
-    missing = [x for x in range(unique[0], unique[-1] + 1)
-               if x not in set(unique) and x not in announced]
-    assert missing == [], f"silent gap: {missing[:20]}"
-    print(f"\nrolling restart: {len(load.names)} jobs, nodes used {sorted(nodes_seen)}, "
-          f"p99 {p99(list(load.latency.values())):.2f}s, events {len(seqs)} "
-          f"({len(seqs) - len(unique)} duplicates)")
