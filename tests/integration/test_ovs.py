@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.events_subscriber import Subscriber
+from tests.integration.test_vnetctl import vnetctl
 from tests.support import netns as ns
 from tests.support.daemon import DaemonProcess
 from tests.support.env import Lab
@@ -111,6 +112,10 @@ async def test_port_attach_with_tag_converges_and_detaches(
 
     same = await ok(rpc, odaemon, "ovs.port.attach", name="ve-a", bridge="obr1", tag=10)
     assert same["created"] is False and same["changed"] is False
+    show = await vnetctl(odaemon.amqp_url, "--host", odaemon.host_id, "show")
+    assert show.returncode == 0, show.stderr
+    assert "ovs bridges:" in show.stdout and "obr1  ovs  netdev  owned" in show.stdout
+    assert "ve-a  tag 10" in show.stdout, show.stdout
     trunk = await ok(rpc, odaemon, "ovs.port.attach", name="ve-a", bridge="obr1",
                      trunks=[30, 20])
     assert trunk["changed"] is True and trunk["tag"] is None and trunk["trunks"] == [20, 30]
@@ -299,5 +304,28 @@ async def test_ovsdb_down_answers_unavailable_then_recovers(
             await asyncio.sleep(0.2)
         bridges = (await ok(rpc, d, "ovs.bridge.list"))["bridges"]
         assert [b["name"] for b in bridges] == ["obr6"]  # the database kept it
+    finally:
+        o.stop()
+
+
+async def test_a_job_without_reply_to_takes_effect_once_ovsdb_is_back(
+        start_daemon: Any, lab: Lab, netns: str, rpc: RawRpc) -> None:
+    """Reliability rule 10: `unavailable` with nobody to tell is retried (delayed requeue),
+    never acked and dropped."""
+    o = PrivateOvs(lab.dir / f"ovs-retry-{netns}", netns)
+    d = await start_daemon(netns=netns, ovs={"enabled": True, "db": o.remote,
+                                             "datapath_type": "netdev"},
+                           amqp={"retry_delay_seconds": 0.5, "retry_attempts": 200})
+    await rpc.publish_no_reply(d.host_id, "ovs.bridge.ensure", {"name": "obr7"})
+    try:
+        await asyncio.sleep(2.0)  # several attempts meet no ovsdb-server
+        assert "job_retry_later" in d.log_text()
+        o.start()
+        for _ in range(150):
+            if o.vsctl("br-exists", "obr7", check=False).returncode == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert o.vsctl("br-exists", "obr7", check=False).returncode == 0
+        assert vsctl_get(o, "Bridge", "obr7", "external_ids:vnetd-owner").strip('"') == "v1"
     finally:
         o.stop()

@@ -213,3 +213,20 @@ def test_ovs_ops_lock_the_device_and_share_the_bridge() -> None:
     assert cmd.lock_keys() == ("link:tap0",) and cmd.shared_lock_keys() == ("link:ob0",)
     cmd = parse_request({"op": "ovs.bridge.delete", "args": {"name": "ob0"}})
     assert cmd.lock_keys() == ("link:ob0",)
+
+
+def test_vnetctl_show_draws_ovs_bridges_with_their_vlans() -> None:
+    from vnetd.cli.render import show_tree
+
+    bridges = [{"name": "ob0", "kind": "ovs", "owned": True, "datapath_type": "netdev",
+                "ports": ["tap0", "vnet3"],
+                "ovs_ports": [{"name": "tap0", "tag": 10, "trunks": [], "vlan_mode": None,
+                               "ofport": 1, "owned": True},
+                              {"name": "vnet3", "tag": None, "trunks": [20, 30],
+                               "vlan_mode": "trunk", "ofport": 2, "owned": False}]}]
+    text = show_tree("hv1", [], [], ovs=bridges)
+    assert "ovs bridges:" in text
+    assert "└── ob0  ovs  netdev  owned" in text
+    assert "    ├── tap0  tag 10  ofport 1  owned" in text
+    assert "    └── vnet3  trunks 20,30  trunk  ofport 2  not owned" in text
+    assert "ovs bridges" not in show_tree("hv1", [], [])  # a host without OVS: nothing

@@ -178,8 +178,31 @@ def _link_line(link: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def ovs_tree(bridges: list[dict[str, Any]]) -> list[str]:
+    """Open vSwitch bridges (ovs.bridge.list) with their ports and VLANs, `ovs-vsctl show`-like."""
+    lines = ["ovs bridges:"]
+    for i, br in enumerate(sorted(bridges, key=lambda b: str(b.get("name")))):
+        last = i == len(bridges) - 1
+        lines.append(("└── " if last else "├── ") + "  ".join([
+            str(br.get("name")), "ovs", str(br.get("datapath_type") or ""),
+            "owned" if br.get("owned") else "not owned"]))
+        ports = sorted(br.get("ovs_ports") or [], key=lambda p: str(p.get("name")))
+        for j, p in enumerate(ports):
+            vlan = (f"tag {p['tag']}" if p.get("tag") is not None else
+                    f"trunks {','.join(map(str, p['trunks']))}" if p.get("trunks") else "")
+            text = "  ".join(x for x in [str(p.get("name")), vlan, p.get("vlan_mode") or "",
+                                         f"ofport {p.get('ofport')}",
+                                         "owned" if p.get("owned") else "not owned"] if x)
+            lines.append(("    " if last else "│   ")
+                         + ("└── " if j == len(ports) - 1 else "├── ") + text)
+    if not bridges:
+        lines.append("└── (none)")
+    return lines
+
+
 def show_tree(host_id: str, all_links: list[dict[str, Any]],
-              nets: list[dict[str, Any]] | None, networks_note: str | None = None) -> str:
+              nets: list[dict[str, Any]] | None, networks_note: str | None = None,
+              ovs: list[dict[str, Any]] | None = None) -> str:
     """`vnetctl show`: bridges with their ports, loose TAPs, then `virsh net-list --all`."""
     by_name = {link["name"]: link for link in all_links}
     top_bridges = sorted((link for link in all_links if link.get("kind") == "bridge"),
@@ -214,6 +237,8 @@ def show_tree(host_id: str, all_links: list[dict[str, Any]],
                  _yes(n.get("owned"))] for n in nets]
         lines.append(table(rows, ["network", "state", "autostart", "persistent", "bridge",
                                   "owned"]))
+    if ovs is not None:  # only hosts that manage Open vSwitch
+        lines += ["", *ovs_tree(ovs)]
     return "\n".join(lines)
 
 

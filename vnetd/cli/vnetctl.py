@@ -303,10 +303,19 @@ def _networks(reply: Reply | None) -> tuple[list[dict[str, Any]] | None, str | N
     return None, f"{err.get('code')}: {err.get('message')}"
 
 
+def _ovs(reply: Reply | None) -> list[dict[str, Any]] | None:
+    """The host's OVS bridges, or None when it manages no Open vSwitch (or did not say)."""
+    if reply is None or not reply.ok:
+        return None
+    return list(reply.result.get("bridges", []))
+
+
 async def cmd_show(client: VnetClient, ns: argparse.Namespace) -> int:
-    link_replies, net_replies = await asyncio.gather(
-        _ask(client, ns, "link.list", {}), _ask(client, ns, "network.list", {}))
+    link_replies, net_replies, ovs_replies = await asyncio.gather(
+        _ask(client, ns, "link.list", {}), _ask(client, ns, "network.list", {}),
+        _ask(client, ns, "ovs.bridge.list", {}))
     nets = {x.host_id: x for x in net_replies}
+    ovs_of = {x.host_id: x for x in ovs_replies}
     hosts: list[dict[str, Any]] = []
     status = 0
     for reply in sorted(link_replies, key=lambda x: x.host_id or ""):
@@ -317,8 +326,10 @@ async def cmd_show(client: VnetClient, ns: argparse.Namespace) -> int:
             continue
         networks, note = _networks(nets.get(reply.host_id) if ns.all_hosts
                                    else (net_replies[0] if net_replies else None))
+        ovs = _ovs(ovs_of.get(reply.host_id) if ns.all_hosts
+                   else (ovs_replies[0] if ovs_replies else None))
         hosts.append({"host_id": host, "links": list(reply.result.get("links", [])),
-                      "networks": networks, "networks_error": note})
+                      "networks": networks, "networks_error": note, "ovs": ovs})
     if ns.all_hosts and not link_replies:
         print("vnetctl: no host answered", file=sys.stderr)
         return EX_UNAVAILABLE
@@ -328,7 +339,8 @@ async def cmd_show(client: VnetClient, ns: argparse.Namespace) -> int:
         print(r.dump(hosts if ns.all_hosts else (hosts[0] if hosts else None), ns.output))
     else:
         for h in hosts:
-            print(r.show_tree(h["host_id"], h["links"], h["networks"], h["networks_error"]))
+            print(r.show_tree(h["host_id"], h["links"], h["networks"], h["networks_error"],
+                              h["ovs"]))
     return status
 
 
