@@ -31,6 +31,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "working tree, which other engineers may be editing")
     p.add_argument("--profile", type=Path, default=None, metavar="FILE",
                    help="record a py-spy profile of the daemon during plug/unplug")
+    p.add_argument("--only", choices=["events"], default=None,
+                   help="run one scenario only (events: the rates 1,000, 10,000, 20,000/s "
+                        "and as fast as possible; with --before, old and new side by side)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return p.parse_args(argv)
 
@@ -44,13 +47,16 @@ def inner(args: argparse.Namespace) -> int:
     env = Env(amqp_url=lab.amqp_url, new_ns=subs.new, del_ns=subs.delete,
               workdir=lab.dir, suffix=lab.suffix)
     plan = Plan.quick() if args.quick else Plan.full(args.before)
+    if args.only == "events":
+        plan.event_rates = [1000.0, 10000.0, 20000.0, None]
+        plan.event_seconds = 3.0
     plan.profile = args.profile
     plan.before_ref = args.before
     tree = export_tree(args.ref) if args.ref else None
     if tree is not None:
         env.daemon_env["PYTHONPATH"] = str(tree)
     try:
-        res = asyncio.run(run_all(env, plan, "quick" if args.quick else "full"))
+        res = asyncio.run(run_all(env, plan, "quick" if args.quick else "full", args.only))
         res.meta["measured_tree"] = f"git {args.ref}" if args.ref else "working tree"
         res.meta["before_ref"] = args.before
     finally:

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import events, scale, ways
+from bench import libvirt as lv_bench
+from bench.client import LeanRpc
 from bench.lab import log, run
 from bench.ways import Run
 from tests.support.daemon import DaemonProcess
 from tests.support.env import REPO_ROOT
-from tests.support.rpc import RawRpc, RpcTimeoutError
 
 NOT_AVAILABLE = "not available"
 
@@ -40,6 +41,15 @@ class Plan:
     sequential_unplug_max: int
     event_rates: list[float | None] = field(default_factory=lambda: [100.0, 1000.0])
     event_seconds: float = 2.0
+    plug_existing: list[int] = field(default_factory=lambda: [0, 1000])
+    """The existing-interfaces axis of the plug scenario: TAPs already in the namespace."""
+    plug_existing_n: int = 100
+    plug_existing_reps: int = 1
+    libvirt_n: int = 10
+    """Networks per repetition of the libvirt scenario (4 calls each)."""
+    libvirt_reps: int = 2
+    publisher_n: int = 20000
+    publisher_reps: int = 3
     """Above this N, ways that delete one device at a time (~18 ms each) are not timed
     for unplug; their TAPs are removed with one group delete instead."""
     before_ref: str | None = None
@@ -49,14 +59,18 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(sizes=[100], reps={100: 1}, concurrency=[64], scale_links=[0, 1000],
-                   sequential_unplug_max=100, event_rates=[100.0, 1000.0], event_seconds=1.5)
+                   sequential_unplug_max=100, event_rates=[100.0, 1000.0], event_seconds=1.5,
+                   plug_existing=[0, 1000], plug_existing_n=100, plug_existing_reps=1,
+                   libvirt_n=5, libvirt_reps=2, publisher_n=5000, publisher_reps=1)
 
     @classmethod
     def full(cls, before_ref: str | None) -> Plan:
         return cls(sizes=[100, 1000, 5000], reps={100: 3, 1000: 3, 5000: 1},
                    concurrency=[1, 16, 64], scale_links=[0, 1000, 10000],
                    sequential_unplug_max=1000, before_ref=before_ref,
-                   event_rates=[100.0, 1000.0, 2000.0, 5000.0, None], event_seconds=3.0)
+                   event_rates=[1000.0, 10000.0, 20000.0, None], event_seconds=3.0,
+                   plug_existing=[0, 1000, 10000], plug_existing_n=1000, plug_existing_reps=3,
+                   libvirt_n=30, libvirt_reps=4)
 
 
 @dataclass
@@ -81,6 +95,10 @@ class Results:
     unavailable: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    client_check: dict[str, Any] = field(default_factory=dict)
+    publisher: list[dict[str, Any]] = field(default_factory=list)
+    """bench/publisher.py runs: the event publisher alone."""
+    """The no-op responder driven by one client process and by two (see client_check)."""
 
 
 def _ours_left(ns: str) -> list[str]:
@@ -186,7 +204,7 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
             daemons_spy.append(spy)
         noop_id = f"b-{env.suffix}-noop"
         responder = await _start_responder(env, noop_id)
-        async with RawRpc(env.amqp_url) as rpc:
+        async with LeanRpc(env.amqp_url) as rpc:
             for br in ways.bridges_for(max(plan.sizes)):
                 for d in daemons:
                     reply = await rpc.call(d.host_id, "bridge.ensure", {"name": br})
@@ -220,28 +238,31 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
                         elif label.startswith("vnetd"):
                             server, ns = vnetd.pid, ns_vnetd
                         try:
-                            cpu0 = ways.cpu_seconds(server) if server else 0.0
+                            # The serving process's CPU: vnetd's or the responder's from
+                            # /proc, the `ip` processes' (waited-for children) otherwise.
+                            cpu0 = ways.cpu_seconds(server) if server else ways.children_cpu()
                             r = await plug(names)
-                            if server:
-                                r.server_cpu_ms = (ways.cpu_seconds(server) - cpu0) * 1000 / n
+                            r.server_cpu_ms = ((ways.cpu_seconds(server) if server else
+                                                ways.children_cpu()) - cpu0) * 1000 / n
                             r.note = f"rep {rep + 1}"
                             res.runs.append(r)
                             if not label.startswith("no-op"):
                                 await asyncio.to_thread(check_plugged, ns, names)
                             if unplug is not None:
-                                cpu0 = ways.cpu_seconds(server) if server else 0.0
+                                cpu0 = (ways.cpu_seconds(server) if server
+                                        else ways.children_cpu())
                                 u = await unplug(names)
-                                if server:
-                                    u.server_cpu_ms = ((ways.cpu_seconds(server) - cpu0)
-                                                       * 1000 / n)
+                                u.server_cpu_ms = ((ways.cpu_seconds(server) if server else
+                                                    ways.children_cpu()) - cpu0) * 1000 / n
                                 u.note = f"rep {rep + 1}" + (f"; {u.note}" if u.note else "")
                                 res.runs.append(u)
-                        except (ways.WayError, RpcTimeoutError) as exc:
+                        except (ways.WayError, TimeoutError) as exc:
                             # Reported, not hidden: the table shows no figure for it.
                             res.notes.append(f"FAILED {label} n={n} rep {rep + 1}: {exc}"[:500])
                             log(f"FAILED {label} n={n}: {exc}")
                         finally:
                             await asyncio.to_thread(clean, ns)
+            await client_check(env, rpc, noop_id, responder.pid, max(plan.sizes), res)
     finally:
         for spy in daemons_spy:
             spy.send_signal(2)
@@ -262,7 +283,37 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
 Step = Callable[[list[str]], Awaitable[Run]]
 
 
-def _ways_for(plan: Plan, n: int, rpc: RawRpc, vid: str, noop: str, ns: str,
+async def client_check(env: Env, rpc: LeanRpc, noop_id: str, responder_pid: int, n: int,
+                       res: Results) -> None:
+    """Is the load client the bottleneck? The no-op responder, 64 in flight, driven by
+    this process's client and then by two client processes (32 each), side by side: if
+    the second figure is not higher, one client is not what limits the figures."""
+    n = max(n, 200)
+    names = ways.tap_names("z", n)
+    cpu0 = ways.cpu_seconds(responder_pid)
+    one = await ways.noop_jobs(rpc, noop_id, "plug", names, 64)
+    one.server_cpu_ms = (ways.cpu_seconds(responder_pid) - cpu0) * 1000 / n
+    one.way, one.note = "no-op responder x64, 1 client process", "client check"
+    cpu0 = ways.cpu_seconds(responder_pid)
+    start_at = time.perf_counter() + 3.0  # both processes connected by then
+    procs = [asyncio.create_subprocess_exec(
+        str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "bench.client", env.amqp_url,
+        noop_id, "tap.ensure", str(n // 2), "32", str(start_at), cwd=REPO_ROOT,
+        stdout=subprocess.PIPE) for _ in range(2)]
+    outs = [json.loads((await (await p).communicate())[0]) for p in procs]
+    span = max(o["end"] for o in outs) - min(o["start"] for o in outs)
+    two = Run("plug", "no-op responder x64, 2 client processes", 2 * (n // 2), span, 64,
+              [x for o in outs for x in o["latencies_ms"]], note="client check")
+    two.server_cpu_ms = (ways.cpu_seconds(responder_pid) - cpu0) * 1000 / two.n
+    res.runs += [one, two]
+    ratio = two.ops_per_s / one.ops_per_s if one.ops_per_s else 0.0
+    res.client_check = {"one_process_ops_per_s": round(one.ops_per_s, 1),
+                        "two_processes_ops_per_s": round(two.ops_per_s, 1),
+                        "ratio": round(ratio, 2), "client_is_bottleneck": ratio > 1.1}
+    log(f"client check: {res.client_check}")
+
+
+def _ways_for(plan: Plan, n: int, rpc: LeanRpc, vid: str, noop: str, ns: str,
               before: str | None, res: Results,
               quiet: str) -> list[tuple[str, str, Step, Step | None]]:
     """The ways for one size; `ns` is the baselines' namespace (vnetd uses its own)."""
@@ -288,7 +339,9 @@ def _ways_for(plan: Plan, n: int, rpc: RawRpc, vid: str, noop: str, ns: str,
 
     async def ip_unplug(names: list[str]) -> Run:
         if seq_ok:
+            cpu0 = ways.children_cpu()
             r = await ways.in_thread(ways.batch_way, ns, "unplug", names)
+            r.server_cpu_ms = (ways.children_cpu() - cpu0) * 1000 / len(names)
             r.note = "per device"
             res.runs.append(r)
             # put them back (untimed) to time the group delete as well
@@ -321,21 +374,158 @@ async def _relabel(coro: Awaitable[Run], label: str) -> Run:
     return r
 
 
-async def events_scenario(env: Env, plan: Plan, res: Results) -> None:
+async def plug_existing(env: Env, plan: Plan, res: Results) -> None:
+    """Plug N TAPs, 64 in flight, into namespaces that already hold 0, 1,000, 10,000
+    TAPs (one daemon each, all running; counts taken in rotated order per repetition):
+    a job's cost must not grow with the host. Daemon CPU per job from /proc."""
+    spaces: list[str] = []
+    daemons: list[tuple[int, DaemonProcess]] = []
+    try:
+        for count in plan.plug_existing:
+            ns = env.new_ns()
+            spaces.append(ns)
+            await asyncio.to_thread(scale.make_links, ns, count)
+            daemons.append((count, await _start_daemon(env, ns, f"existing{count}")))
+        n = plan.plug_existing_n
+        async with LeanRpc(env.amqp_url) as rpc:
+            for _, d in daemons:
+                for br in ways.bridges_for(n):
+                    assert (await rpc.call(d.host_id, "bridge.ensure", {"name": br}))["ok"]
+                warm = ways.tap_names("w", 20)
+                await ways.vnetd_jobs(rpc, d.host_id, "plug", warm, 4)
+                await ways.vnetd_jobs(rpc, d.host_id, "unplug", warm, 4)
+            for rep in range(plan.plug_existing_reps):
+                shift = rep % len(daemons)
+                for count, d in daemons[shift:] + daemons[:shift]:
+                    names = ways.tap_names("p", n)
+                    log(f"plug with {count} existing interfaces, rep {rep + 1}")
+                    cpu0 = ways.cpu_seconds(d.pid)
+                    r = await ways.vnetd_jobs(rpc, d.host_id, "plug", names, 64)
+                    r.server_cpu_ms = (ways.cpu_seconds(d.pid) - cpu0) * 1000 / n
+                    r.way, r.note = f"vnetd jobs x64, {count} existing", f"rep {rep + 1}"
+                    res.runs.append(r)
+                    await ways.vnetd_jobs(rpc, d.host_id, "unplug", names, 64)
+    finally:
+        for _, d in daemons:
+            await d.stop()
+        for ns in spaces:
+            env.del_ns(ns)
+
+
+async def libvirt_scenario(env: Env, plan: Plan, res: Results) -> None:
+    """define+start+destroy+undefine of a network through vnetd vs libvirt-python, the
+    same private libvirtd; ways alternate per repetition. Server CPU: libvirtd's (and
+    vnetd's, for the vnetd way) per cycle."""
     ns = env.new_ns()
     try:
-        await asyncio.to_thread(events.make_taps, ns)
-        daemon = await _start_daemon(env, ns, "events")
-        try:
-            await asyncio.sleep(1.0)  # the watcher's first sync
-            res.events = await events.measure(daemon, env.amqp_url, plan.event_rates,
-                                              plan.event_seconds)
-            for e in res.events:
-                log(f"events: {e}")
-        finally:
-            await daemon.stop()
-    finally:
+        lv = await asyncio.to_thread(lv_bench.start_libvirtd, env.workdir / "libvirtd-bench",
+                                     ns)
+    except BaseException:
         env.del_ns(ns)
+        raise
+    try:
+        d = await _start_daemon(env, lv.netns, "libvirt",
+                                libvirt={"enabled": True, "uri": lv.uri})
+        try:
+            lv_pid = int((lv.root / "libvirtd.pid").read_text().strip())
+            async with LeanRpc(env.amqp_url) as rpc:
+                await lv_bench.vnetd_way(rpc, d.host_id, lv_bench.names_for("w", 2))  # warm
+                await lv_bench.in_thread_direct(lv.uri, lv_bench.names_for("x", 2))
+                for rep in range(plan.libvirt_reps):
+                    order = ["vnetd", "direct"] if rep % 2 == 0 else ["direct", "vnetd"]
+                    for way in order:
+                        nets = lv_bench.names_for("v" if way == "vnetd" else "d",
+                                                  plan.libvirt_n)
+                        cpu0 = ways.cpu_seconds(lv_pid) + ways.cpu_seconds(d.pid)
+                        d0 = ways.cpu_seconds(d.pid)
+                        r = (await lv_bench.vnetd_way(rpc, d.host_id, nets) if way == "vnetd"
+                             else await lv_bench.in_thread_direct(lv.uri, nets))
+                        spent = ways.cpu_seconds(lv_pid) + ways.cpu_seconds(d.pid) - cpu0
+                        if way == "direct":  # vnetd's watcher saw the bridges come and go
+                            spent -= ways.cpu_seconds(d.pid) - d0
+                        r.server_cpu_ms = spent * 1000 / plan.libvirt_n
+                        r.note = f"rep {rep + 1}"
+                        res.runs.append(r)
+                        log(f"libvirt {way} rep {rep + 1}: {r.ops_per_s:.1f} cycles/s")
+        finally:
+            await d.stop()
+    finally:
+        await asyncio.to_thread(lv.kill)
+        env.del_ns(ns)
+
+
+async def publisher_scenario(env: Env, plan: Plan, res: Results) -> None:
+    """The EventBus + EventPublisher alone (bench/publisher.py, a process each run),
+    current tree and, with --before, the older one, alternating."""
+    trees: list[tuple[str, str]] = [("current", env.daemon_env.get("PYTHONPATH",
+                                                                   str(REPO_ROOT)))]
+    before_dir = export_tree(plan.before_ref) if plan.before_ref else None
+    if before_dir is not None:
+        trees.append((f"before ({plan.before_ref})", str(before_dir)))
+    try:
+        for rep in range(plan.publisher_reps):
+            for label, tree in (trees if rep % 2 == 0 else trees[::-1]):
+                proc = await asyncio.to_thread(
+                    subprocess.run, [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m",
+                                     "bench.publisher", env.amqp_url, str(plan.publisher_n)],
+                    capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+                    env={**os.environ, "PYTHONPATH": f"{tree}:{REPO_ROOT}"})
+                if proc.returncode != 0:
+                    res.notes.append(f"publisher {label} failed: {proc.stderr[-300:]}")
+                    continue
+                row = {"vnetd": label, "rep": rep + 1, **json.loads(proc.stdout)}
+                res.publisher.append(row)
+                log(f"publisher: {row}")
+    finally:
+        if before_dir is not None:
+            subprocess.run(["rm", "-rf", str(before_dir)], check=False)
+
+
+async def events_scenario(env: Env, plan: Plan, res: Results) -> None:
+    """Each rate measured on the current vnetd and, with --before, on the older one right
+    after it (order alternating between rates): before/after figures side by side."""
+    spaces: list[str] = []
+    daemons: list[tuple[str, DaemonProcess]] = []
+    before_dir = None
+    try:
+        ns = env.new_ns()
+        spaces.append(ns)
+        await asyncio.to_thread(events.make_taps, ns)
+        daemons.append(("current", await _start_daemon(env, ns, "events")))
+        if plan.before_ref:
+            before_dir = export_tree(plan.before_ref)
+            ns_b = env.new_ns()
+            spaces.append(ns_b)
+            await asyncio.to_thread(events.make_taps, ns_b)
+            daemons.append((f"before ({plan.before_ref})", await _start_daemon(
+                env, ns_b, "events-before", {"PYTHONPATH": str(before_dir)},
+                minimal_config=True)))
+        await asyncio.sleep(1.0)  # the watchers' first sync
+        subs = [events.Subscriber(env.amqp_url, d.host_id) for _, d in daemons]
+        for sub in subs:
+            await sub.__aenter__()
+        try:
+            for i, rate in enumerate(plan.event_rates):
+                order = list(range(len(daemons)))
+                if i % 2:
+                    order.reverse()
+                for k in order:
+                    label, d = daemons[k]
+                    row = await events.measure_one(d, env.amqp_url, rate,
+                                                   plan.event_seconds, subs[k])
+                    row["vnetd"] = label
+                    res.events.append(row)
+                    log(f"events: {row}")
+        finally:
+            for sub in subs:
+                await sub.__aexit__(None, None, None)
+    finally:
+        for _, d in daemons:
+            await d.stop()
+        for ns in spaces:
+            env.del_ns(ns)
+        if before_dir is not None:
+            subprocess.run(["rm", "-rf", str(before_dir)], check=False)
 
 
 async def scale_scenario(env: Env, plan: Plan, res: Results) -> None:
@@ -386,17 +576,29 @@ def availability(res: Results) -> bool:
     return has_events
 
 
-async def run_all(env: Env, plan: Plan, mode: str) -> Results:
+async def run_all(env: Env, plan: Plan, mode: str, only: str | None = None) -> Results:
     res = Results(mode=mode, meta=machine())
+    if only == "events":
+        await publisher_scenario(env, plan, res)
+        await events_scenario(env, plan, res)
+        return res
     with_events = availability(res)
     t0 = time.perf_counter()
     if with_events:
         try:
+            await publisher_scenario(env, plan, res)
             await events_scenario(env, plan, res)
         except Exception as exc:  # report it, measure the rest
             res.unavailable["events"] = f"failed: {type(exc).__name__}: {exc}"[:400]
             log(f"events scenario failed: {exc!r}")
     await plug_unplug(env, plan, res)
+    await plug_existing(env, plan, res)
+    try:
+        await libvirt_scenario(env, plan, res)
+        res.unavailable.pop("libvirt", None)
+    except Exception as exc:  # report it, measure the rest
+        res.unavailable["libvirt"] = f"failed: {type(exc).__name__}: {exc}"[:400]
+        log(f"libvirt scenario failed: {exc!r}")
     await scale_scenario(env, plan, res)
     res.meta["loadavg_end"] = os.getloadavg()
     res.meta["seconds"] = round(time.perf_counter() - t0, 1)

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import statistics
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-from tests.support.rpc import RawRpc
+from typing import Any, Protocol
 
 PORTS_PER_BRIDGE = 1000
+
+
+class Rpc(Protocol):
+    """The load client (bench.client.LeanRpc; tests.support.rpc.RawRpc fits too)."""
+
+    async def call(self, host_id: str, op: str, args: dict[str, Any],
+                   timeout: float = ...) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -62,6 +68,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu() -> float:
+    """User+system CPU time of this process's finished, waited-for children (the `ip`
+    processes of the baselines)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
@@ -83,7 +96,7 @@ class WayError(RuntimeError):
 
 
 # ------------------------------------------------------------------ RPC (vnetd, no-op)
-async def _jobs(rpc: RawRpc, host_id: str, requests: Sequence[tuple[str, dict[str, Any]]],
+async def _jobs(rpc: Rpc, host_id: str, requests: Sequence[tuple[str, dict[str, Any]]],
                 concurrency: int, timeout: float) -> tuple[float, list[float], int, Any]:
     latencies: list[float] = []
     errors = 0
@@ -105,7 +118,7 @@ async def _jobs(rpc: RawRpc, host_id: str, requests: Sequence[tuple[str, dict[st
     return time.perf_counter() - t0, latencies, errors, first_error
 
 
-async def vnetd_jobs(rpc: RawRpc, host_id: str, scenario: str, names: list[str],
+async def vnetd_jobs(rpc: Rpc, host_id: str, scenario: str, names: list[str],
                      concurrency: int) -> Run:
     if scenario == "plug":
         reqs = [("tap.ensure", {"name": name, "bridge": bridge_of(i)})
@@ -118,7 +131,7 @@ async def vnetd_jobs(rpc: RawRpc, host_id: str, scenario: str, names: list[str],
     return Run(scenario, f"vnetd jobs x{concurrency}", len(names), seconds, concurrency, lat)
 
 
-async def noop_jobs(rpc: RawRpc, host_id: str, scenario: str, names: list[str],
+async def noop_jobs(rpc: Rpc, host_id: str, scenario: str, names: list[str],
                     concurrency: int) -> Run:
     op = "tap.ensure" if scenario == "plug" else "tap.delete"
     reqs = [(op, {"name": name, "bridge": bridge_of(i)}) for i, name in enumerate(names)]
@@ -129,7 +142,7 @@ async def noop_jobs(rpc: RawRpc, host_id: str, scenario: str, names: list[str],
                lat)
 
 
-async def vnetd_batch(rpc: RawRpc, host_id: str, scenario: str, names: list[str],
+async def vnetd_batch(rpc: Rpc, host_id: str, scenario: str, names: list[str],
                       stop_on_error: bool = True) -> Run:
     """One batch job. stop_on_error (like `ip -batch`) runs the commands one at a
     time; without it the daemon overlaps independent commands (like `ip -batch -force`

@@ -20,11 +20,13 @@ from vnetd.amqp.quarantine import FlightRecorder, Quarantine
 from vnetd.amqp.retry import RetryPolicy
 from vnetd.amqp.tls import tls_context
 from vnetd.config import Settings
+from vnetd.contract.events import NullSink
 from vnetd.handlers.context import Context
 from vnetd.handlers.dispatch import Dispatcher
 from vnetd.handlers.host import ComponentStates
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
+from vnetd.net.monitor import MonitorSocket
 from vnetd.net.netlink import NetlinkBackend
 from vnetd.ovs.backend import OvsOptions
 from vnetd.ovs.idl import IdlBackend
@@ -38,6 +40,7 @@ from vnetd.service.watchdog import Watchdog
 from vnetd.supervisor import TaskTree
 from vnetd.virt.libvirt_backend import LibvirtBackend
 from vnetd.watchers.libvirt import LibvirtWatcher
+from vnetd.watchers.netlink import NetlinkWatcher
 from vnetd.watchers.ovs import OvsWatcher
 
 log = structlog.get_logger("vnetd")
@@ -80,19 +83,34 @@ def build_components(rt: Runtime) -> list[Component]:
     """Everything the daemon runs besides the consumer, in start order."""
     s = rt.settings
     watchdog = Watchdog(rt.notifier, rt.health_states, rt.consumer_alive, rt.tasks.critical)
-    metrics = MetricsServer(enabled=s.metrics.enabled, address=s.metrics.address,
-                            port=s.metrics.port, states=rt.dependency_states,
-                            list_links=rt.net.list_links)
-    rt.observers.append(metrics.observer)
     # Events first: they set ctx.events, which later components emit to.
-    components: list[Component] = [watchdog, metrics, *event_components(rt),
-                                   *_libvirt_components(rt), *_ovs_components(rt)]
+    events = event_components(rt)
+    metrics = MetricsServer(enabled=s.metrics.enabled, address=s.metrics.address,
+                            port=s.metrics.port, states=rt.dependency_states)
+    if s.metrics.enabled:
+        rt.observers.append(metrics.observer)
+        events = owned_counts_from_watcher(metrics, events, s)
+    components: list[Component] = [watchdog, metrics, *events, *_libvirt_components(rt),
+                                   *_ovs_components(rt)]
     if rt.dispatcher is not None:
         cleanup = CleanupComponent(s.cleanup, rt.ctx, rt.dispatcher,
                                    libvirt_enabled=s.libvirt.enabled)
         rt.ctx.cleanup = cleanup.sweeper  # for cleanup.run
         components.append(cleanup)
     return components
+
+
+def owned_counts_from_watcher(metrics: MetricsServer, events: list[Component],
+                              s: Settings) -> list[Component]:
+    """Point the owned-device gauges at the netlink watcher's view; with events off,
+    add a watcher of its own that emits nowhere (the counts without a link dump)."""
+    watcher = next((c for c in events if isinstance(c, NetlinkWatcher)), None)
+    if watcher is None:
+        watcher = NetlinkWatcher(MonitorSocket(s.netlink.netns or None, s.netlink.rcvbuf_bytes),
+                                 NullSink())
+        events = [*events, watcher]
+    metrics.owned = watcher.owned_counts
+    return events
 
 
 def _libvirt_components(rt: Runtime) -> list[Component]:

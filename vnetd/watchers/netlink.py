@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -105,6 +106,8 @@ class NetlinkWatcher:
         self.monitor = monitor
         self.sink = sink
         self.links: dict[int, Link] = {}
+        self._owned: Counter[str] = Counter()
+        """Owned links in `links` by kind, kept as the view changes (metrics read it)."""
         self.addrs: dict[AddrKey, Address] = {}
         self.overruns = 0
         self.resyncs = 0
@@ -141,6 +144,10 @@ class NetlinkWatcher:
 
     async def wait_synced(self) -> None:
         await self._synced.wait()
+
+    def owned_counts(self) -> dict[str, int]:
+        """Links vnetd owns, by kind, in the current view: O(kinds), not O(links)."""
+        return {kind: n for kind, n in self._owned.items() if n > 0}
 
     # ------------------------------------------------------------ resync
     def request_resync(self, reason: str) -> None:
@@ -290,6 +297,8 @@ class NetlinkWatcher:
         link = msg.link
         idx = link.index
         before = self.links.get(idx)
+        if before is not None and before.owned:
+            self._owned[before.kind] -= 1
         if msg.deleted:
             if before is None:
                 return
@@ -301,6 +310,8 @@ class NetlinkWatcher:
             self.sink.emit("link.removed", before.name, self._view(before, names))
             return
         self.links[idx] = link
+        if link.owned:
+            self._owned[link.kind] += 1
         if before is None:
             self.sink.emit("link.added", link.name, self._view(link, _NO_NAMES))
             return
@@ -411,6 +422,7 @@ class NetlinkWatcher:
         before_addrs: dict[AddrKey, Address | None] = dict(self.addrs)
         names = {idx: link.name for idx, link in self.links.items()}
         self.links = self._next_links
+        self._owned = Counter(link.kind for link in self.links.values() if link.owned)
         self.addrs = {k: a for k, a in self._next_addrs.items() if k[0] in self.links}
         self._next_links, self._next_addrs = {}, {}
         for idx in self.links:

@@ -1,0 +1,92 @@
+"""The event publisher alone: how fast vnetd's EventBus + EventPublisher move events
+from `emit` to a subscriber, without the kernel or the watcher in front.
+
+`python -m bench.publisher URL N` (run with PYTHONPATH pointing at the vnetd tree to
+measure) emits N `link.changed`-sized events in bursts of 100 per loop iteration (as
+the watcher does after a read), and prints {"emitted_per_s", "delivered_per_s",
+"cpu_ms_per_event", "p50_ms", "p99_ms"}: delivered is N over the time from the first
+emit to the last event a subscriber (a lean aiormq consumer in this process, so its
+CPU is counted too) received; latency is emit to receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+import aiormq
+import aiormq.abc
+
+DATA = {"name": "tap00042", "index": 42, "kind": "tap", "state": "up", "oper_state": "up",
+        "carrier": True, "mtu": 1500, "mac": "52:54:00:12:34:56", "master": "br0",
+        "alias": "vnetd:v1", "owned": True, "changes": ["mtu"], "previous": {"mtu": 1400}}
+
+
+async def main(url: str, n: int) -> dict[str, Any]:
+    from vnetd.events.bus import EventBus
+    from vnetd.events.publisher import EventPublisher
+
+    host = f"pub-{uuid.uuid4().hex[:6]}"
+    conn = await aio_pika.connect_robust(url)
+    bus = EventBus(host, capacity=n + 10)
+    pub = EventPublisher(bus, conn, "vnetd.events")
+    await pub.start()
+    sub_conn = await aiormq.connect(url)
+    ch = await sub_conn.channel()
+    await ch.basic_qos(prefetch_count=5000)
+    q = await ch.queue_declare("", exclusive=True, auto_delete=True)
+    assert q.queue is not None
+    await ch.queue_bind(q.queue, "vnetd.events", routing_key=f"{host}.#")
+    sent: dict[int, float] = {}
+    got: list[float] = []
+    done = asyncio.Event()
+
+    async def on(msg: aiormq.abc.DeliveredMessage) -> None:
+        seq = json.loads(msg.body)["sequence"]
+        got.append((time.perf_counter() - sent[seq]) * 1000)
+        if len(got) >= n:
+            done.set()
+
+    await ch.basic_consume(q.queue, on, no_ack=True)
+    t_cpu = time.process_time()
+    t0 = time.perf_counter()
+    for i in range(0, n, 100):
+        for _ in range(min(100, n - i)):
+            bus.emit("link.changed", "tap00042", DATA)
+            sent[bus.sequence] = time.perf_counter()
+        await asyncio.sleep(0)
+    t_emit = time.perf_counter() - t0
+    await asyncio.wait_for(done.wait(), 300)
+    t_all = time.perf_counter() - t0
+    cpu = time.process_time() - t_cpu
+    await pub.stop()
+    await sub_conn.close()
+    await conn.close()
+    lat = sorted(got)
+    return {"events": n, "emitted_per_s": round(n / t_emit), "delivered_per_s": round(n / t_all),
+            "cpu_ms_per_event": round(cpu * 1000 / n, 4),
+            "p50_ms": round(lat[len(lat) // 2], 1), "p99_ms": round(lat[int(len(lat) * 0.99)], 1),
+            "pid": os.getpid()}
+
+
+def _cli() -> None:
+    profile = os.environ.get("BENCH_PUBLISHER_PROFILE")  # a path prefix: cProfile it
+    if not profile:
+        print(json.dumps(asyncio.run(main(sys.argv[1], int(sys.argv[2])))))
+        return
+    import cProfile
+
+    with cProfile.Profile() as prof:
+        out = asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    prof.dump_stats(f"{profile}.{os.getpid()}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    _cli()
