@@ -114,6 +114,7 @@ async def kill_rounds(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Cl
                 sub_url = f"amqp://guest:guest@127.0.0.1:{survivor.port}/"
                 async with Subscriber(sub_url, d.host_id) as sub:
                     load = await _load(client, d, f"k{r}x", jobs)
+                    load.timeout = 60.0
                     runner = asyncio.create_task(load.run())
                     while len(load.replies) < jobs // 4 and not runner.done():
                         await asyncio.sleep(0.01)
@@ -130,6 +131,7 @@ async def kill_rounds(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Cl
                             if s not in set(seqs) and s not in announced] if seqs else []
                 links = nsmod.links(netns)
                 lost = [n for n in load.names if n not in load.replies or n not in links]
+                stalled = len(load.unanswered)
                 twice = [n for n, rep in load.replies.items()
                          if rep.result.get("created") is not True]
                 half = [n for n in load.names if n in links
@@ -140,7 +142,7 @@ async def kill_rounds(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Cl
                        "p99_s": p99(list(load.latency.values())),
                        "lost": len(lost), "not_ok": sum(not x.ok for x in load.replies.values()),
                        "duplicated_effects": len(twice), "half_done": len(half),
-                       "silent_gaps": len(gaps)}
+                       "silent_gaps": len(gaps), "unanswered": stalled}
                 log(f"round {r}: {row}")
                 out.append(row)
                 await _clear(client, d, load.names)
@@ -183,8 +185,10 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {kind} | {len(rs)} | {statistics.median(fo):.2f} ({max(fo):.2f}) | "
                      f"{statistics.median(pp):.2f} ({max(pp):.2f}) |")
     total = {k: sum(x[k] for x in rounds) for k in
-             ("lost", "not_ok", "duplicated_effects", "half_done", "silent_gaps")}
-    lines += ["", f"Over {len(rounds)} rounds: jobs lost {total['lost']}, failed "
+             ("lost", "not_ok", "duplicated_effects", "half_done", "silent_gaps",
+              "unanswered")}
+    lines += ["", f"Over {len(rounds)} rounds: jobs lost {total['lost']} (of which "
+              f"{total['unanswered']} never answered within 60 s: a stall), failed "
               f"{total['not_ok']}, duplicated effects {total['duplicated_effects']}, "
               f"half-done {total['half_done']}, silent event gaps {total['silent_gaps']} "
               "(goal 0 each).", ""]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.broker import LabBroker
-from vnetd.client import Reply, VnetClient
+from vnetd.client import CallTimeout, Reply, VnetClient
 
 BASE_PORT = 5681
 IN_FLIGHT = 64
@@ -140,21 +140,16 @@ class Load:
     answered_at: dict[str, float] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
     answers: dict[str, int] = field(default_factory=dict)
+    unanswered: dict[str, str] = field(default_factory=dict)
+    """Jobs that got no answer at all within the call's timeout (resends included)."""
+    timeout: float = 120.0
 
     async def run(self) -> None:
         sem = asyncio.Semaphore(IN_FLIGHT)
 
         async def one(name: str) -> None:
-            mid = str(uuid.uuid4())
             async with sem:
-                t0 = time.monotonic()
-                reply = await self.client.call(self.host_id, "tap.ensure",
-                                               {"name": name, "bridge": "br0"},
-                                               message_id=mid, timeout=120, resend_every=4)
-                self.answered_at[name] = time.monotonic()
-                self.latency[name] = self.answered_at[name] - t0
-                self.answers[name] = self.answers.get(name, 0) + 1
-                self.replies[name] = reply
+                await self._one(name)
         await asyncio.gather(*(one(n) for n in self.names))
 
     async def run_until(self, done: asyncio.Event, prefix: str) -> None:
@@ -179,9 +174,14 @@ class Load:
     async def _one(self, name: str) -> None:
         mid = str(uuid.uuid4())
         t0 = time.monotonic()
-        reply = await self.client.call(self.host_id, "tap.ensure",
-                                       {"name": name, "bridge": "br0"},
-                                       message_id=mid, timeout=180, resend_every=4)
+        try:
+            reply = await self.client.call(self.host_id, "tap.ensure",
+                                           {"name": name, "bridge": "br0"},
+                                           message_id=mid, timeout=self.timeout,
+                                           resend_every=4)
+        except CallTimeout as exc:
+            self.unanswered[name] = str(exc)
+            return
         self.answered_at[name] = time.monotonic()
         self.latency[name] = self.answered_at[name] - t0
         self.answers[name] = self.answers.get(name, 0) + 1
