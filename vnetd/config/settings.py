@@ -139,6 +139,9 @@ class CleanupSettings(_Section):
     networks: bool = True
     ovs_bridges: bool = Field(default=True,
                               description="Owned OVS bridges without ports (bridge grace)")
+    half_created: bool = Field(
+        default=True, description="Bridges/VXLANs left in the creation group by a cut-short job")
+    half_created_grace_seconds: float = Field(default=300, ge=0)
 
 
 class MetricsSettings(_Section):
