@@ -333,36 +333,24 @@ class Wire:
                 return payload
 
     def batch(self, requests: Sequence[tuple[int, int, bytes]]) -> list[int]:
-        """Send every request, many per write; the errno of each (0: done).
-
-        Only the last request of a write asks for an ack: the kernel handles the
-        messages of one write in order and answers a failed one with its error
-        whether or not it asked for an ack, so once the last one's ack is read,
-        every error of the write has been read before it. A thousand acks would
-        be a thousand receives (and a thousand buffers in the kernel).
-        """
+        """Send every request (acked), many per write; the errno of each (0: done)."""
         results = [0] * len(requests)
         pos = 0
         while pos < len(requests):
-            end, size = pos, 0
-            while end < len(requests) and size < CHUNK_BYTES:
-                size += _HDR.size + len(requests[end][2])
-                end += 1
             chunk = bytearray()
-            sent: dict[int, int] = {}
-            for i in range(pos, end):
-                kind, flags, body = requests[i]
+            pending: dict[int, int] = {}
+            while pos < len(requests) and len(chunk) < CHUNK_BYTES:
+                kind, flags, body = requests[pos]
                 seq = self._next()
-                sent[seq] = i
-                ack = NLM_F_ACK if i == end - 1 else 0
-                chunk += _HDR.pack(_HDR.size + len(body), kind, flags | NLM_F_REQUEST | ack,
-                                   seq, 0) + body
+                pending[seq] = pos
+                chunk += _HDR.pack(_HDR.size + len(body), kind,
+                                   flags | NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+                pos += 1
             self.sock.send(bytes(chunk))
-            while seq in sent:  # the last one's ack: every answer of this write is in
+            while pending:
                 for mtype, _flags, mseq, payload in messages(self._recv()):
-                    if mtype == NLMSG_ERROR and mseq in sent:
-                        results[sent.pop(mseq)] = -_ERR.unpack_from(payload, 0)[0]
-            pos = end
+                    if mtype == NLMSG_ERROR and mseq in pending:
+                        results[pending.pop(mseq)] = -_ERR.unpack_from(payload, 0)[0]
         return results
 
     def request(self, kind: int, flags: int, body: bytes) -> None:
