@@ -66,6 +66,8 @@ class JobConsumer:
         self.retry = retry_policy
         self._tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._jobs: set[asyncio.Task[Any]] = set()
+        """The jobs themselves (run_to_end's inner tasks), for `abandon`."""
         self.stopping = False
 
     async def start(self) -> None:
@@ -87,6 +89,27 @@ class JobConsumer:
         if not pending:
             return 0
         _, still = await asyncio.wait(pending, timeout=timeout)
+        return len(still)
+
+    async def abandon(self, timeout: float) -> int:
+        """After a drain timeout: cancel the jobs still running and wait (at most
+        `timeout`) for their deliveries to end, unacked; returns how many did not.
+
+        Their messages are then redelivered when the channel closes, as after a
+        kill, which every job survives (a device a cut-short creation left is
+        finished by the redelivery). Ending them here, before the broker
+        connection closes, matters: aiormq cancels a delivery still running at
+        close with an exception of its own, which asyncio.run() then reports as
+        unhandled when the loop shuts down.
+        """
+        pending = {t for t in self._inflight if not t.done()}
+        for job in self._jobs:
+            job.cancel()
+        if not pending:
+            return 0
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        for task in still:  # cancelled, not between two jobs' steps: they end at once
+            task.cancel()
         return len(still)
 
     @property
@@ -162,7 +185,8 @@ class JobConsumer:
     async def _run(self, cmd: Command, delivery: Delivery) -> Outcome:
         """The job's outcome; never raises (but for a cancellation)."""
         try:
-            return success(await run_to_end(self.execute(cmd)), op=cmd.op, delivery=delivery)
+            return success(await run_to_end(self.execute(cmd), self._jobs), op=cmd.op,
+                           delivery=delivery)
         except VnetdError as exc:
             return failure(exc, delivery=delivery)
         except Exception as exc:  # the dispatcher turns bugs into Internal: one it missed
@@ -259,7 +283,8 @@ def _op_label(body: bytes) -> str:
     return op if isinstance(op, str) and op in OPS else "invalid"
 
 
-async def run_to_end(job: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+async def run_to_end(job: Awaitable[dict[str, Any]],
+                     running: set[asyncio.Task[Any]] | None = None) -> dict[str, Any]:
     """Await a job that must not be abandoned half-way.
 
     aiormq cancels a delivery's task when its channel closes (a broker restart).
@@ -267,8 +292,14 @@ async def run_to_end(job: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     not yet marked as vnetd's, which no later job may touch. So the job runs to its
     end; only then does the cancellation go on, and the unacked message is
     redelivered to a job that finds everything done.
+
+    Only cancelling the job's own task (in `running` while it runs: what
+    JobConsumer.abandon does when the daemon stops) ends it early.
     """
     task = asyncio.ensure_future(job)
+    if running is not None:
+        running.add(task)
+        task.add_done_callback(running.discard)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
