@@ -3,7 +3,6 @@ watcher's event/resync logic over a fake connection with a recording EventSink."
 
 from __future__ import annotations
 
-import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.wait import until
 from tests.unit.fakes import FakeNet
 from vnetd.contract.commands import parse_request
 from vnetd.contract.errors import VnetdError
@@ -449,11 +449,8 @@ class FakeConnection(FakeVirt):
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.005)
+    """tests/support/wait.until with this file's 2 s bound and 5 ms poll."""
+    await until(cond, "the condition", timeout, poll=0.005)
 
 
 async def test_watcher_events_reconnect_and_resync(vnet: FakeNet) -> None:
