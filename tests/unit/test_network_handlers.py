@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.wait import until
-from tests.unit.fakes import FakeNet
+from tests.unit.fakes import FakeNet, RecordingSink
 from vnetd.contract.commands import parse_request
 from vnetd.contract.errors import VnetdError
 from vnetd.handlers.context import Context
@@ -410,14 +410,6 @@ async def test_update_inactive_applies_to_config_only(run: Call, virt: FakeVirt)
 
 
 # ------------------------------------------------------------------ watcher
-@dataclass
-class RecordingSink:
-    events: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
-
-    def emit(self, type: str, subject: str | None, data: dict[str, Any]) -> None:
-        self.events.append((type, subject, data))
-
-
 class FakeConnection(FakeVirt):
     """FakeVirt plus the connection hooks the watcher drives."""
 
