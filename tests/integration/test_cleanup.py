@@ -24,6 +24,7 @@ from tests.conftest import StartDaemon
 from tests.support import netns as ns_mod
 from tests.support.daemon import DaemonProcess, vnetd_executable
 from tests.support.rpc import RawRpc
+from vnetd.net.model import CREATING_GROUP
 
 HOLD_TAP = r"""
 import fcntl, os, struct, sys
@@ -300,3 +301,40 @@ async def test_plug_racing_a_zero_grace_sweep_never_loses_a_device(
     assert lost == [], f"{len(lost)} devices lost after their jobs succeeded: {lost[:10]}"
     assert len(plugged) == n, [r for r in results if not r[1]][:10]
     assert not [x for x in links if x.startswith("x")], "the decoys were never removed"
+
+
+@pytest.mark.parametrize("point", ["after_create", "after_mark"])
+async def test_half_created_bridge_whose_job_never_returns_is_removed(
+        start_daemon: StartDaemon, netns: str, rpc: RawRpc, events: Any, point: str) -> None:
+    """A kill inside bridge creation leaves br0 in CREATING_GROUP; its job stays in the
+    dead daemon's queue (as if dead-lettered), so no ensure finishes it: the sweep of
+    another daemon on the namespace removes it, and leaves foreign devices alone."""
+    dead = await start_daemon(netns, env={"VNETD_FAILPOINTS": f"{point}:bridge"})
+    call = asyncio.create_task(rpc.call(dead.host_id, "bridge.ensure", {"name": "br0"},
+                                        timeout=60))
+    for _ in range(300):
+        if not dead.running:
+            break
+        await asyncio.sleep(0.05)
+    assert dead.returncode == -9
+    call.cancel()
+    left = ns_mod.link(netns, "br0")
+    assert left is not None and left["group"] == str(CREATING_GROUP)
+    ip(netns, "link", "add", "brf", "type", "bridge")
+    ip(netns, "link", "set", "brf", "group", "42")  # someone else's group, unowned
+    ip(netns, "link", "add", "brx", "type", "bridge")  # unowned, default group
+
+    d = await start_daemon(netns, cleanup=cleanup_cfg(half_created_grace_seconds=0))
+    q = await events(d.host_id)
+    dry = by_name(await sweep(rpc, d, dry_run=True))
+    assert dry["br0"] == {**dry["br0"], "rule": "half_created", "action": "would_remove"}
+    assert "br0" in names(netns)
+    result = by_name(await sweep(rpc, d))
+    assert result["br0"]["action"] == "removed"
+    assert "brf" not in result and "brx" not in result
+    assert "br0" not in names(netns)
+    assert names(netns) >= {"brf", "brx"}
+    assert ns_mod.link(netns, "brf")["group"] == "42"
+    got = await drain(q)
+    assert [(e["subject"], e["data"]["kind"], e["data"]["rule"]) for e in got] == [
+        ("br0", "bridge", "half_created")]

@@ -83,3 +83,78 @@ def test_svg_has_a_title_per_node_and_edge() -> None:
     titles = set(re.findall(r"<title>([^<]*)</title>", svg))
     assert {"br0", "tap0", "network:default", "br0&#45;&gt;tap0",
             "network:default&#45;&gt;virbr0"} <= titles
+
+
+def ovs_port(name: str, *, tag: int | None = None, trunks: tuple[int, ...] = (),
+             owned: bool = True, type: str = "", link_state: str | None = "up",
+             vlan_mode: str | None = None) -> dict[str, Any]:
+    return {"name": name, "owned": owned, "tag": tag, "trunks": list(trunks),
+            "vlan_mode": vlan_mode, "type": type, "ofport": 1, "link_state": link_state}
+
+
+OVS_HOST = {
+    "host_id": "hv1",
+    "links": [
+        link("ovs-system", "openvswitch", owned=False, state="down"),
+        link("br-int", "openvswitch", master="ovs-system", owned=False),
+        link("br-ext", "openvswitch", master="ovs-system", owned=False, state="down"),
+        link("tap-a", "tap", master="ovs-system"),
+        link("tap-b", "tap", master="ovs-system", state="down"),
+        link("eth1", "veth", master="ovs-system", owned=False),
+        link("br0", "bridge"),
+    ],
+    "networks": [{"name": "ovsnet", "active": True, "bridge": "br-int", "owned": True,
+                  "kind": "openvswitch"}],
+    "networks_error": None,
+    "ovs": [
+        {"name": "br-int", "kind": "ovs", "owned": True, "datapath_type": "system",
+         "ovs_ports": [ovs_port("tap-a", tag=10), ovs_port("tap-b", tag=20),
+                       ovs_port("patch-ext", type="patch", owned=False, link_state=None)]},
+        {"name": "br-ext", "kind": "ovs", "owned": False, "datapath_type": "system",
+         "ovs_ports": [ovs_port("eth1", trunks=(10, 20), vlan_mode="trunk", owned=False)]},
+    ],
+}
+
+
+def test_ovs_bridges_and_ports_with_vlans_replace_the_kernels_view() -> None:
+    text = picture.dot([OVS_HOST])
+    nodes, edges = nodes_and_edges(text)
+    # ovs-system (every port's kernel master) is not drawn: OVSDB says which bridge.
+    assert set(nodes) == {"br-int", "br-ext", "tap-a", "tap-b", "eth1", "patch-ext", "br0",
+                          "network:ovsnet"}
+    assert edges == {("br-int", "tap-a"), ("br-int", "tap-b"), ("br-int", "patch-ext"),
+                     ("br-ext", "eth1"), ("network:ovsnet", "br-int")}
+    assert re.search(r'"br-int" -> "tap-a" \[label="tag 10"\];', text)
+    assert re.search(r'"br-int" -> "tap-b" \[label="tag 20"\];', text)
+    assert re.search(r'"br-ext" -> "eth1" \[label="trunks 10,20  trunk"\];', text)
+    assert re.search(r'"br-int" -> "patch-ext";', text)  # no VLAN: no label
+    # Each node once (the OVS bridge is not also drawn as its kernel device).
+    assert len(re.findall(r'^\s+"br-int" \[', text, re.M)) == 1
+    # Bridge: owned from OVSDB, up from its kernel device; shape: 3D box.
+    assert 'label="br-int\\novs bridge  system"' in nodes["br-int"]
+    assert f'fillcolor="{picture.OWNED_FILL}"' in nodes["br-int"]
+    assert f'color="{picture.UP_PEN}"' in nodes["br-int"] and 'shape="box3d"' in nodes["br-int"]
+    assert f'fillcolor="{picture.FOREIGN_FILL}"' in nodes["br-ext"]
+    assert f'color="{picture.DOWN_PEN}"' in nodes["br-ext"] and "dashed" in nodes["br-ext"]
+    # Ports with a kernel device are that device; a patch port gets its own node.
+    assert 'shape="ellipse"' in nodes["tap-a"] and "dashed" in nodes["tap-b"]
+    assert "ovs port  patch" in nodes["patch-ext"]
+    assert f'fillcolor="{picture.FOREIGN_FILL}"' in nodes["patch-ext"]
+    assert "dashed" in nodes["patch-ext"]  # no link state: not shown as up
+    assert "bridge (absent)" not in text  # the network's bridge is the OVS one
+
+
+def test_without_ovs_data_the_kernels_devices_are_drawn_as_before() -> None:
+    host = {**OVS_HOST, "ovs": None}
+    nodes, edges = nodes_and_edges(picture.dot([host]))
+    assert {"ovs-system", "br-int", "tap-a"} <= set(nodes)
+    assert ("ovs-system", "tap-a") in edges
+    assert not any("label=" in line and "tag" in line for line in picture.dot([host]).split("\n"))
+
+
+def test_svg_draws_ovs_edges() -> None:
+    assert shutil.which("dot"), "graphviz is a test package (scripts/setup.sh --test)"
+    svg = picture.draw([OVS_HOST], "svg")
+    titles = set(re.findall(r"<title>([^<]*)</title>", svg))
+    assert {"br&#45;int", "br&#45;int&#45;&gt;tap&#45;a", "br&#45;ext&#45;&gt;eth1"} <= titles
+    assert ">tag 10<" in svg

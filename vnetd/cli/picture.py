@@ -3,8 +3,14 @@
 Bridges with their ports and TAPs, VXLAN and Open vSwitch devices, libvirt
 networks pointing at their bridges; the fill says whose a device is (vnetd's or
 not), the border whether it is up. This module only writes DOT text from the
-replies of link.list and network.list; cli/graphviz.py runs `dot` on the
-client (the daemon never runs a program).
+replies of link.list, network.list and ovs.bridge.list; cli/graphviz.py runs
+`dot` on the client (the daemon never runs a program).
+
+When the host reports its Open vSwitch bridges (`ovs`), each is drawn from
+OVSDB with an edge to each of its ports labelled with the port's VLAN (tag or
+trunks); the kernel's view of the same thing (the `ovs-system` datapath as
+every port's master, each bridge's internal device) is then left out, so
+nothing is drawn twice.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ SHAPES = {"bridge": "box", "tap": "ellipse", "vxlan": "hexagon", "openvswitch": 
 DRAWN_KINDS = frozenset({"bridge", "tap", "vxlan", "openvswitch"})
 """Drawn even when alone; any other device only as a port of one of these."""
 LEGEND = ("green: vnetd's   grey: not vnetd's   solid border: up   dashed red border: down   "
-          "note: libvirt network")
+          "note: libvirt network   3D box: Open vSwitch bridge (edge label: VLAN)")
+OVS_DATAPATH = "ovs-system"
+"""The kernel device of the OVS datapath: every OVS port's master in link.list."""
 
 __all__ = ["GraphvizMissing", "add_arguments", "dot", "draw"]
 
@@ -82,10 +90,50 @@ def _edge(a: str, b: str, **attrs: str) -> str:
     return f"    {_q(a)} -> {_q(b)}" + (f" {_attrs(**attrs)};" if attrs else ";")
 
 
+def _vlan(port: dict[str, Any]) -> str:
+    if port.get("tag") is not None:
+        vlan = f"tag {port['tag']}"
+    elif port.get("trunks"):
+        vlan = "trunks " + ",".join(map(str, port["trunks"]))
+    else:
+        vlan = ""
+    mode = port.get("vlan_mode")
+    return "  ".join(x for x in (vlan, str(mode) if mode else "") if x)
+
+
+def _ovs_body(bridges: list[dict[str, Any]], links: dict[str, dict[str, Any]],
+              ids: dict[str, str], prefix: str) -> list[str]:
+    """OVS bridges (up: their kernel device is up) and an edge to each port; a port
+    with no kernel device drawn (patch, internal of another kind) gets its own node."""
+    out = []
+    for br in sorted(bridges, key=lambda b: str(b.get("name"))):
+        name = str(br.get("name"))
+        dev = links.get(name)
+        ids[name] = prefix + name
+        label = f"{name}\novs bridge  {br.get('datapath_type') or 'system'}"
+        out.append(_node(ids[name], label=label, **_style(
+            bool(br.get("owned")), bool(dev and dev.get("state") == "up"), SHAPES["openvswitch"])))
+        for port in sorted(br.get("ovs_ports") or [], key=lambda p: str(p.get("name"))):
+            pname = str(port.get("name"))
+            if pname not in ids:
+                dev = links.get(pname)
+                up = dev.get("state") == "up" if dev else port.get("link_state") == "up"
+                owned = dev.get("owned") if dev else port.get("owned")
+                ids[pname] = prefix + pname
+                out.append(_node(ids[pname], label=f"{pname}\novs port  {port.get('type') or ''}"
+                                 .rstrip(), **_style(bool(owned), up, "ellipse")))
+            vlan = _vlan(port)
+            out.append(_edge(ids[name], ids[pname], **({"label": vlan} if vlan else {})))
+    return out
+
+
 def _host_body(host: dict[str, Any], prefix: str) -> list[str]:
     links = list(host.get("links") or [])
     networks = list(host.get("networks") or [])
-    drawn = _drawn(links, networks)
+    ovs = host.get("ovs")
+    # With OVSDB's view, the kernel's (datapath, bridges' internal devices) is redundant.
+    hidden = ({OVS_DATAPATH} | {str(b.get("name")) for b in ovs}) if ovs is not None else set()
+    drawn = [link for link in _drawn(links, networks) if link["name"] not in hidden]
     ids = {str(link["name"]): prefix + str(link["name"]) for link in drawn}
     out = []
     for link in drawn:
@@ -96,6 +144,8 @@ def _host_body(host: dict[str, Any], prefix: str) -> list[str]:
         master = link.get("master")
         if master in ids:
             out.append(_edge(ids[master], ids[link["name"]]))
+    if ovs:
+        out += _ovs_body(list(ovs), {str(x["name"]): x for x in links}, ids, prefix)
     for net in sorted(networks, key=lambda n: str(n.get("name"))):
         nid = f"{prefix}network:{net.get('name')}"
         label = f"{net.get('name')}\nnetwork  {net.get('kind') or ''}".rstrip()
@@ -115,7 +165,8 @@ def _host_body(host: dict[str, Any], prefix: str) -> list[str]:
 
 
 def dot(hosts: list[dict[str, Any]]) -> str:
-    """DOT text for hosts [{"host_id", "links", "networks", "networks_error"}]. With one
+    """DOT text for hosts [{"host_id", "links", "networks", "networks_error", "ovs"}]
+    ("ovs": ovs.bridge.list's bridges, or None where OVS is not managed). With one
     host, a node is named after its device (`br0`) or network (`network:default`);
     with several, each name is prefixed with `<host_id>/` and each host is a cluster."""
     graph = _attrs(rankdir="LR", fontname="Helvetica", fontsize="10", labelloc="b",

@@ -16,8 +16,15 @@ What is an orphan (each rule switchable in `[cleanup]`, each with its grace):
 - `vxlan.orphan`: an owned VXLAN device attached to no bridge (its bridge is
   gone, so it carries no guest's traffic), for longer than
   `bridge_grace_seconds` (switched with the bridge rule).
-Devices vnetd does not own (no `vnetd:` alias) and protected ones are never
-looked at.
+- `half_created`: a bridge or VXLAN still in interface group CREATING_GROUP
+  (net/model.py: vnetd's creation a kill cut short, marked or not yet) for
+  longer than `half_created_grace_seconds`, with no port and no master. The
+  next ensure of its name would finish it; when that job never comes back
+  (dead-lettered), this rule removes it. Its clock lives in this process only
+  (nothing is written to a device whose creation is unfinished), so a one-shot
+  local `vnetd cleanup` without a daemon removes one only with a zero grace.
+Other devices vnetd does not own (no `vnetd:` alias) and protected ones are
+never looked at.
 
 What keeps a device although it matches: a lease (handlers/leases.py: a job
 created or used it less than `lease_seconds` ago, or holds it with
@@ -76,6 +83,9 @@ BRIDGE_RULE = "bridge.empty"
 NETWORK_RULE = "network.ttl"
 OVS_BRIDGE_RULE = "ovs_bridge.empty"
 VXLAN_RULE = "vxlan.orphan"
+HALF_CREATED_RULE = "half_created"
+HALF_CREATED_KINDS = ("bridge", "vxlan")
+"""The kinds vnetd creates over rtnetlink, born in CREATING_GROUP."""
 PARALLEL = 256
 """Devices re-checked and removed (or clocks written) at once."""
 _MARKER = re.compile(r"^(vnetd:\S*) idle=(\d+(?:\.\d+)?)/(\d+)$")
@@ -87,8 +97,10 @@ class Rules:
     bridges: bool = True
     networks: bool = True
     ovs_bridges: bool = True
+    half_created: bool = True
     tap_grace: float = 600.0
     bridge_grace: float = 600.0
+    half_created_grace: float = 300.0
     lease_seconds: float = 60.0
 
 
@@ -213,7 +225,11 @@ class Sweeper:
             return result
 
     def _rule(self, link: Link) -> str | None:
-        if not link.owned or self.policy.is_protected(link.name):
+        if self.policy.is_protected(link.name):
+            return None
+        if link.half_created and link.kind in HALF_CREATED_KINDS and self.rules.half_created:
+            return HALF_CREATED_RULE  # ours by its group, even before it is marked
+        if not link.owned:
             return None
         if link.kind == "tap" and self.rules.taps:
             return TAP_RULE
@@ -224,13 +240,15 @@ class Sweeper:
         return None
 
     def _grace(self, rule: str) -> float:
+        if rule == HALF_CREATED_RULE:
+            return self.rules.half_created_grace
         return self.rules.tap_grace if rule == TAP_RULE else self.rules.bridge_grace
 
     @staticmethod
     def _in_use(link: Link, rule: str, ports: Counter[int]) -> str | None:
         if rule == TAP_RULE:
             return "held open by a process (carrier on)" if link.carrier else None
-        if rule == VXLAN_RULE:
+        if rule == VXLAN_RULE or link.kind != "bridge":
             return "attached to a bridge" if link.master else None
         n = ports[link.index]
         return f"has {n} port(s)" if n else None
@@ -244,7 +262,7 @@ class Sweeper:
     async def _links(self, report: Report) -> None:
         now = self.clock()
         self.leases.prune(max(self.rules.lease_seconds, self.rules.tap_grace,
-                              self.rules.bridge_grace))
+                              self.rules.bridge_grace, self.rules.half_created_grace))
         links = await self.net.list_links()
         ports: Counter[int] = Counter(link.master for link in links if link.master)
         refs, refs_problem = await self._refs()
@@ -259,7 +277,7 @@ class Sweeper:
             report.checked += 1
             if self._in_use(link, rule, ports):
                 report.in_use += 1
-                if rule != TAP_RULE and parse_marker(link.alias) is not None:
+                if rule in (BRIDGE_RULE, VXLAN_RULE) and parse_marker(link.alias) is not None:
                     clears.append(link)
                 continue
             since, stored = self._idle_since(link, rule, now)
@@ -282,7 +300,7 @@ class Sweeper:
             else:
                 due.append(_Candidate(link, rule, entry))
                 continue
-            if not stored:
+            if not stored and rule != HALF_CREATED_RULE:  # never write to an unfinished one
                 clocks.append((link, since))
         self._seen = seen
         if report.dry_run:
@@ -308,7 +326,7 @@ class Sweeper:
 
     def _idle_since(self, link: Link, rule: str, now: float) -> tuple[float, bool]:
         """When this device became idle, and whether its own marker already says so."""
-        stored = parse_marker(link.alias)
+        stored = parse_marker(link.alias) if rule != HALF_CREATED_RULE else None
         if stored is not None and (rule != TAP_RULE or stored[1] == link.carrier_changes):
             return stored[0], True
         mine = self._seen.get(link.name)
@@ -351,12 +369,15 @@ class Sweeper:
         now_ = await self.net.get_link(link.name)
         if now_ is None or now_.index != link.index:
             return "replaced or gone since the first check"
-        if not now_.owned:
+        if cand.rule == HALF_CREATED_RULE:
+            if not now_.half_created:  # an ensure finished it (it is a normal device now)
+                return "its creation was finished since the first check"
+        elif not now_.owned:
             return "no longer carries vnetd's marker"
         if cand.rule == TAP_RULE:
             if now_.carrier or now_.carrier_changes != link.carrier_changes:
                 return "in use at the re-check (a process opened it)"
-        elif cand.rule == VXLAN_RULE:
+        elif cand.rule == VXLAN_RULE or link.kind != "bridge":
             if now_.master is not None:
                 return "attached to a bridge at the re-check"
         else:

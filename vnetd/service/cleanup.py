@@ -40,8 +40,9 @@ log = structlog.get_logger("vnetd.cleanup")
 
 def rules_of(s: CleanupSettings) -> Rules:
     return Rules(taps=s.taps, bridges=s.bridges, networks=s.networks, ovs_bridges=s.ovs_bridges,
-                 tap_grace=s.tap_grace_seconds, bridge_grace=s.bridge_grace_seconds,
-                 lease_seconds=s.lease_seconds)
+                 half_created=s.half_created, tap_grace=s.tap_grace_seconds,
+                 bridge_grace=s.bridge_grace_seconds,
+                 half_created_grace=s.half_created_grace_seconds, lease_seconds=s.lease_seconds)
 
 
 def sweeper_for(net: NetBackend, policy: Policy, events: EventSink, settings: CleanupSettings,
@@ -104,7 +105,7 @@ PROBE_TIMEOUT = 3.0
 async def _ask_daemon(settings: Settings, dry_run: bool,
                       timeout: float) -> dict[str, Any] | None:
     """The running daemon's cleanup.run reply; None when no daemon answers."""
-    client = VnetClient(settings.amqp.url.get_secret_value())
+    client = VnetClient(settings.amqp.broker_urls())
     try:
         await asyncio.wait_for(client.connect(), PROBE_TIMEOUT)
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
