@@ -2,12 +2,24 @@
 
 It speaks only the documented contract (docs/contract.md): JSON jobs to the
 `vnetd.commands` exchange, replies on a private queue matched by correlation id.
+
+Given several broker URLs (a cluster's nodes) it connects to the first that
+answers and, when that node goes away, to the next (vnetd.amqp.connection).
+Its reply queue is exclusive and auto-delete, never a quorum queue: it lives on
+the node the client is connected to and is declared again after a failover
+under the same name. A reply that was on its way during a failover is lost with
+the old queue: `call(..., resend_every=S)` sends the job again, with the same
+message_id (the daemon answers a resent message_id from its dedupe cache
+without redoing the work) and the same correlation id, until one reply arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -16,6 +28,9 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 from aio_pika.abc import AbstractRobustConnection as Connection
+from yarl import URL
+
+from vnetd.amqp.connection import address_of, connect_cluster
 
 COMMANDS_EXCHANGE = "vnetd.commands"
 
@@ -37,8 +52,17 @@ class CallTimeout(Exception):
 
 
 class VnetClient:
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str | Sequence[str], *, ssl_context: ssl.SSLContext | None = None,
+                 reconnect_interval: float = 0.5, user_id: str | None = None) -> None:
+        self.urls = split_urls(url)
+        self.url = self.urls[0]
+        # The sender's login as the `user_id` property: RabbitMQ refuses a message
+        # whose user_id is not the connection's user, so a daemon with
+        # `allowed_senders` can trust it. Default: the URL's user (none for a
+        # login by client certificate: pass it then).
+        self.user_id = user_id if user_id is not None else (URL(self.url).user or None)
+        self.ssl_context = ssl_context
+        self.reconnect_interval = reconnect_interval
         self._connection: Connection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -54,13 +78,20 @@ class VnetClient:
         await self.close()
 
     async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": "vnetd-client"})
+        self._connection = await connect_cluster(
+            self.urls, reconnect_interval=self.reconnect_interval, name="vnetd-client",
+            ssl_context=self.ssl_context)
         self._channel = await self._connection.channel(publisher_confirms=True)
         self._exchange = await self._channel.declare_exchange(
             COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
         self._queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
         await self._queue.consume(self._on_reply, no_ack=True)
+
+    @property
+    def node(self) -> str | None:
+        """host:port of the broker node the client is connected to."""
+        url = getattr(self._connection, "connected_url", None)
+        return None if url is None else address_of(url)
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -94,20 +125,48 @@ class VnetClient:
                 correlation_id=correlation_id,
                 message_id=message_id or str(uuid.uuid4()),
                 reply_to=self._queue.name,
+                user_id=self.user_id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=routing_key,
         )
 
     async def call(self, host_id: str, op: str, args: dict[str, Any] | None = None, *,
-                   timeout: float = 30.0, message_id: str | None = None) -> Reply:
-        """Send one job to one host and wait for its reply."""
+                   timeout: float = 30.0, message_id: str | None = None,
+                   resend_every: float | None = None) -> Reply:
+        """Send one job to one host and wait for its reply.
+
+        With `resend_every`, a job without a reply after that long (or whose
+        publish failed: the broker node went away) is sent again with the same
+        message_id until `timeout`; the first reply is returned, later copies
+        are dropped."""
         correlation_id = str(uuid.uuid4())
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        message_id = message_id or str(uuid.uuid4())
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         self._waiting[correlation_id] = (future, [])
+        deadline = loop.time() + timeout
         try:
-            await self._publish(f"host.{host_id}", op, args, correlation_id, message_id)
-            return await asyncio.wait_for(future, timeout)
+            while True:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                wait = left if resend_every is None else min(left, resend_every)
+                try:
+                    # Bounded: a publish can hang while the connection is away (aio-pika #636).
+                    await asyncio.wait_for(self._publish(
+                        f"host.{host_id}", op, args, correlation_id, message_id), wait)
+                except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError,
+                        RuntimeError):
+                    if resend_every is None:
+                        raise
+                    await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future),
+                                                  max(0.0, min(wait, deadline - loop.time())))
+                if resend_every is None:
+                    raise TimeoutError
         except TimeoutError as exc:
             raise CallTimeout(f"no reply from {host_id} to {op} within {timeout:g}s") from exc
         finally:
@@ -125,3 +184,12 @@ class VnetClient:
             return list(gathered)
         finally:
             self._waiting.pop(correlation_id, None)
+
+
+def split_urls(url: str | Sequence[str]) -> list[str]:
+    """Broker URLs from one string (comma-separated allowed) or a list of them."""
+    items = [url] if isinstance(url, str) else list(url)
+    urls = [u.strip() for item in items for u in item.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("no broker URL given")
+    return urls

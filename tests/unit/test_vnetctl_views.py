@@ -64,15 +64,16 @@ def test_hosts_table() -> None:
     replies = [
         Reply(ok=True, host_id="hv2", result={"host_id": "hv2", "status": "degraded",
                                               "version": "0.1.0",
+                                              "broker_node": "10.0.0.2:5672",
                                               "components": {"libvirt": "reconnecting",
                                                              "broker": "connected"}}),
         Reply(ok=True, host_id="hv1", result={"host_id": "hv1", "status": "healthy",
                                               "version": "0.1.0", "components": {}}),
     ]
     lines = r.hosts(replies).splitlines()
-    assert lines[0].split() == ["host", "status", "version", "components"]
-    assert lines[1].split() == ["hv1", "healthy", "0.1.0"]
-    assert lines[2].split() == ["hv2", "degraded", "0.1.0", "broker=connected",
+    assert lines[0].split() == ["host", "status", "version", "broker", "node", "components"]
+    assert lines[1].split() == ["hv1", "healthy", "0.1.0", "-"]
+    assert lines[2].split() == ["hv2", "degraded", "0.1.0", "10.0.0.2:5672", "broker=connected",
                                 "libvirt=reconnecting"]
 
 

@@ -20,7 +20,7 @@ from vnetd.amqp.quarantine import Quarantine, job_key
 from vnetd.amqp.retry import RetryPolicy, delivery_of
 from vnetd.contract.base import Command
 from vnetd.contract.commands import OPS, parse_request
-from vnetd.contract.errors import Internal, InvalidArgument, VnetdError
+from vnetd.contract.errors import Forbidden, Internal, InvalidArgument, VnetdError
 
 log = structlog.get_logger("vnetd.jobs")
 
@@ -55,7 +55,8 @@ class JobConsumer:
                  cache: ReplyCache, host_id: str,
                  observers: list[JobObserver] | None = None,
                  quarantine: Quarantine | None = None,
-                 retry_policy: RetryPolicy | None = None) -> None:
+                 retry_policy: RetryPolicy | None = None,
+                 allowed_senders: frozenset[str] = frozenset()) -> None:
         self.channel = channel
         self.queue = queue
         self.execute = execute
@@ -64,6 +65,9 @@ class JobConsumer:
         self.observers = observers or []
         self.quarantine = quarantine or Quarantine(None, 0)
         self.retry = retry_policy
+        self.allowed_senders = allowed_senders
+        """Empty: any sender. Else the `user_id`s whose jobs run (RabbitMQ validates
+        user_id against the publishing connection's login, so it cannot be forged)."""
         self._tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._jobs: set[asyncio.Task[Any]] = set()
@@ -128,6 +132,11 @@ class JobConsumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
+        if self.allowed_senders and message.user_id not in self.allowed_senders:
+            # Before the dedupe cache too: another sender's message_id must not
+            # fetch an allowed sender's reply.
+            await self._refuse_sender(message, started)
+            return
         message_id = message.message_id
         cached = self.cache.get(message_id) if message_id else None
         if cached is None and message_id and (running := self.cache.running(message_id)):
@@ -160,6 +169,7 @@ class JobConsumer:
         if message_id:
             self.cache.start(message_id)
         delivery = delivery_of(message, self.retry)
+        finished: list[Outcome] = []
         try:
             async with self.quarantine.running(key):
                 decoded = self._decode(message)
@@ -167,7 +177,7 @@ class JobConsumer:
                     op, outcome = _op_label(message.body), decoded
                 else:
                     cmd, op = decoded, decoded.op
-                    outcome = await self._run(cmd, delivery)
+                    outcome = await self._run(cmd, delivery, finished)
                 failpoints.hit("after_effect", op)
                 if outcome.action is not Action.RETRY:  # a retried job is answered once, later
                     await self._reply(message, outcome.reply)
@@ -175,24 +185,57 @@ class JobConsumer:
                 await self._settle(message, outcome)
         finally:
             if message_id:
-                final = outcome is not None and outcome.action is not Action.RETRY
-                self.cache.finish(message_id, outcome.reply if final and outcome else None)
+                # Cancelled (the channel closed: a broker node went away) after the
+                # job itself finished: its reply is remembered all the same, so the
+                # redelivery is answered as the first delivery would have been,
+                # not by running the job a second time.
+                done = outcome or (finished[0] if finished else None)
+                final = done is not None and done.action is not Action.RETRY
+                self.cache.finish(message_id, done.reply if final and done else None)
         # A job sent to run again later is not finished: observers (metrics, the
         # command.* events) hear of it once, with its final outcome.
         self._observe(message, op, cmd, outcome, started, attempt=delivery.attempt,
                       final=outcome is None or outcome.action is not Action.RETRY)
 
-    async def _run(self, cmd: Command, delivery: Delivery) -> Outcome:
-        """The job's outcome; never raises (but for a cancellation)."""
+    async def _refuse_sender(self, message: AbstractIncomingMessage, started: float) -> None:
+        refused = failure(Forbidden(
+            "this host runs jobs only from its allowed senders; "
+            f"this one came from {message.user_id or 'a sender without user_id'}",
+            user_id=message.user_id))
+        await self._reply(message, refused.reply)
+        await message.ack()
+        log.warning("job_forbidden_sender", user_id=message.user_id,
+                    message_id=message.message_id)
+        self._observe(message, _op_label(message.body), None, refused, started)
+
+    async def _run(self, cmd: Command, delivery: Delivery,
+                   finished: list[Outcome] | None = None) -> Outcome:
+        """The job's outcome; never raises (but for a cancellation, after which the
+        outcome of the job, which ran to its end, is put in `finished`)."""
+        job = asyncio.ensure_future(self.execute(cmd))
+        self._jobs.add(job)  # only `abandon` (a stop after a drain timeout) cancels it
+        job.add_done_callback(self._jobs.discard)
         try:
-            return success(await run_to_end(self.execute(cmd), self._jobs), op=cmd.op,
-                           delivery=delivery)
-        except VnetdError as exc:
+            await run_to_end(job)
+        except asyncio.CancelledError:
+            if finished is not None and job.done() and not job.cancelled():
+                finished.append(self._outcome_of(job, cmd, delivery))
+            raise
+        except Exception:  # noqa: BLE001, S110 - the job's own failure: read from it below
+            pass
+        return self._outcome_of(job, cmd, delivery)
+
+    def _outcome_of(self, job: asyncio.Future[dict[str, Any]], cmd: Command,
+                    delivery: Delivery) -> Outcome:
+        exc = job.exception()
+        if exc is None:
+            return success(job.result(), op=cmd.op, delivery=delivery)
+        if isinstance(exc, VnetdError):
             return failure(exc, delivery=delivery)
-        except Exception as exc:  # the dispatcher turns bugs into Internal: one it missed
-            log.exception("job_crashed", op=cmd.op)
-            return failure(Internal(f"{cmd.op} failed unexpectedly: {type(exc).__name__}",
-                                    op=cmd.op))
+        # the dispatcher turns bugs into Internal: one it missed
+        log.error("job_crashed", op=cmd.op, error=repr(exc), exc_info=exc)
+        return failure(Internal(f"{cmd.op} failed unexpectedly: {type(exc).__name__}",
+                                op=cmd.op))
 
     def _decode(self, message: AbstractIncomingMessage) -> Command | Outcome:
         """The validated command, or the outcome of a request that is not one."""
@@ -283,8 +326,7 @@ def _op_label(body: bytes) -> str:
     return op if isinstance(op, str) and op in OPS else "invalid"
 
 
-async def run_to_end(job: Awaitable[dict[str, Any]],
-                     running: set[asyncio.Task[Any]] | None = None) -> dict[str, Any]:
+async def run_to_end(job: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     """Await a job that must not be abandoned half-way.
 
     aiormq cancels a delivery's task when its channel closes (a broker restart).
@@ -293,13 +335,10 @@ async def run_to_end(job: Awaitable[dict[str, Any]],
     end; only then does the cancellation go on, and the unacked message is
     redelivered to a job that finds everything done.
 
-    Only cancelling the job's own task (in `running` while it runs: what
-    JobConsumer.abandon does when the daemon stops) ends it early.
+    Only cancelling the job's own task (what JobConsumer.abandon does when the
+    daemon stops after a drain timeout) ends it early.
     """
     task = asyncio.ensure_future(job)
-    if running is not None:
-        running.add(task)
-        task.add_done_callback(running.discard)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:

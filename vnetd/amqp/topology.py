@@ -32,8 +32,16 @@ class Topology:
     retry_queue: AbstractQueue
 
 
-async def declare(channel: AbstractChannel, host_id: str, delivery_limit: int) -> Topology:
-    """Declare everything a daemon needs; safe to run on every start and reconnect."""
+async def declare(channel: AbstractChannel, host_id: str, delivery_limit: int,
+                  group_size: int = 3) -> Topology:
+    """Declare everything a daemon needs; safe to run on every start and reconnect.
+
+    The host's queues are quorum queues replicated on `group_size` nodes (RabbitMQ
+    caps it to the cluster's size: one broker works as is). The group size is a
+    creation-time argument, not part of the equivalence check, so a queue made
+    before it was configured is declared again without a conflict. Reply queues
+    are the callers' own and never quorum (exclusive, auto-delete)."""
+    replicas = {"x-quorum-initial-group-size": group_size}
     commands = await channel.declare_exchange(
         COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
     dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
@@ -47,6 +55,7 @@ async def declare(channel: AbstractChannel, host_id: str, delivery_limit: int) -
             "x-queue-type": "quorum",
             "x-delivery-limit": delivery_limit,
             "x-dead-letter-exchange": DEAD_EXCHANGE,
+            **replicas,
         },
     )
     await queue.bind(commands, routing_key=host_routing_key(host_id))
@@ -65,6 +74,7 @@ async def declare(channel: AbstractChannel, host_id: str, delivery_limit: int) -
             "x-dead-letter-routing-key": host_routing_key(host_id),
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
+            **replicas,
         },
     )
     return Topology(commands=commands, queue=queue, retry_queue=retry_queue)

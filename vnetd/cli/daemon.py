@@ -32,7 +32,40 @@ def _parser() -> argparse.ArgumentParser:
     clean.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     clean.add_argument("--local", action="store_true", help="sweep here, do not ask the daemon")
     clean.add_argument("--json", action="store_true", help="print the result as JSON")
+    perms = sub.add_parser(
+        "broker-permissions", help="print the RabbitMQ users and permissions of a fleet "
+        "(least privilege per host): rabbitmqctl lines or a definitions file")
+    perms.add_argument("--hosts", required=True, help="host ids, comma-separated")
+    perms.add_argument("--control-user", action="append", default=[],
+                       help="a control-plane user (may send commands); repeatable")
+    perms.add_argument("--subscriber-user", action="append", default=[],
+                       help="a read-only event subscriber; repeatable")
+    perms.add_argument("--vhost", default="/")
+    perms.add_argument("--format", choices=("rabbitmqctl", "definitions"),
+                       default="rabbitmqctl")
+    perms.add_argument("--passwords", default=None,
+                       help="JSON file {user: password}; missing ones are generated "
+                            "(printed on stderr for the definitions format)")
     return parser
+
+
+def _broker_permissions(args: argparse.Namespace) -> int:
+    import secrets
+    from pathlib import Path
+
+    from vnetd.amqp import permissions as p
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    gs = p.grants(hosts, args.control_user, args.subscriber_user)
+    given: dict[str, str] = json.loads(Path(args.passwords).read_text()) if args.passwords \
+        else {}
+    passwords = {g.user: given.get(g.user) or secrets.token_urlsafe(18) for g in gs}
+    if args.format == "definitions":
+        print(json.dumps(p.definitions(gs, passwords, args.vhost), indent=2))
+        for user in (u for u in passwords if u not in given):
+            print(f"{user} {passwords[user]}", file=sys.stderr)
+    else:
+        print("\n".join(p.rabbitmqctl_lines(gs, passwords, args.vhost)))
+    return EX_OK
 
 
 def _load(flag: str | None) -> Settings:
@@ -48,16 +81,23 @@ def _load(flag: str | None) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "broker-permissions":
+        return _broker_permissions(args)
     settings = _load(args.config)
     if args.command == "check-config":
         print(json.dumps(settings.public_dict(), indent=2))
         return EX_OK
     if args.command == "cleanup":
         return _cleanup(settings, args)
+    from vnetd.amqp.tls import BrokerTlsError
     from vnetd.service.daemon import Daemon
     from vnetd.service.logging import setup_logging
     setup_logging(settings.log)
-    asyncio.run(Daemon(settings).run())
+    try:
+        asyncio.run(Daemon(settings).run())
+    except BrokerTlsError as exc:  # retrying cannot fix it: a configuration error
+        print(f"vnetd: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return EX_OK
 
 

@@ -23,6 +23,9 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from vnetd.amqp.connection import connect_cluster
+from vnetd.client import split_urls
+
 EXCHANGE = "vnetd.events"
 TYPE_PREFIX = "io.vnetd."
 EX_UNAVAILABLE = 69
@@ -124,8 +127,7 @@ class Printer:
 
 
 async def run(ns: argparse.Namespace) -> int:
-    connection = await aio_pika.connect_robust(
-        ns.url, client_properties={"connection_name": "vnetctl-events"})
+    connection = await connect_cluster(split_urls(ns.url), name="vnetctl-events")
     async with connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC,

@@ -155,14 +155,14 @@ def hosts(replies: list[Reply]) -> str:
     for reply in sorted(replies, key=lambda r: r.host_id or ""):
         if not reply.ok:
             err = reply.error or {}
-            rows.append([reply.host_id or "?", "error", "", f"{err.get('code')}: "
+            rows.append([reply.host_id or "?", "error", "", "", f"{err.get('code')}: "
                          f"{err.get('message')}"])
             continue
         r = reply.result
         comps = " ".join(f"{k}={v}" for k, v in sorted((r.get("components") or {}).items()))
         rows.append([str(r.get("host_id") or reply.host_id), str(r.get("status", "?")),
-                     str(r.get("version", "")), comps])
-    return table(rows, ["host", "status", "version", "components"])
+                     str(r.get("version", "")), str(r.get("broker_node") or "-"), comps])
+    return table(rows, ["host", "status", "version", "broker node", "components"])
 
 
 def _link_line(link: dict[str, Any]) -> str:

@@ -130,8 +130,10 @@ def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
     g.add_argument("--config", default=d(None),
                    help=f"config file (default: ${ENV_VAR}, the checkout's config/vnetd.toml, "
                         "/etc/vnetd/vnetd.toml): its [amqp] url and host_id")
-    g.add_argument("--url", default=d(None),
-                   help="broker URL (env VNETCTL_URL; default: the config's [amqp] url)")
+    g.add_argument("--url", default=d(None), action="append",
+                   help="broker URL; several (a cluster's nodes): repeat --url or separate "
+                        "them with commas (env VNETCTL_URL; default: the config's [amqp] "
+                        "urls, else url)")
     target = g.add_mutually_exclusive_group()
     target.add_argument("--host", default=d(None),
                         help="host id (env VNETCTL_HOST; default: the config's host_id, "
@@ -229,12 +231,15 @@ def _read_config(flag: str | None) -> dict[str, Any]:
 def resolve_target(ns: argparse.Namespace, *, host: bool = True) -> None:
     """Fill --url and --host: flag, then VNETCTL_URL/VNETCTL_HOST, then the config file.
     Without `host` (events: no --host means every host) only the URL is filled."""
+    if isinstance(ns.url, list):  # --url given, maybe several times: one string
+        ns.url = ",".join(ns.url)
     if ns.url and (ns.host or not host):
         return
     data = _read_config(ns.config) if not (
         os.environ.get("VNETCTL_URL") and os.environ.get("VNETCTL_HOST")) else {}
-    ns.url = ns.url or os.environ.get("VNETCTL_URL") or data.get("amqp", {}).get(
-        "url", DEFAULT_URL)
+    amqp = data.get("amqp", {})
+    ns.url = ns.url or os.environ.get("VNETCTL_URL") or ",".join(amqp.get("urls") or []) \
+        or amqp.get("url", DEFAULT_URL)
     ns.default_host = (os.environ.get("VNETCTL_HOST") or data.get("host_id")
                        or socket.gethostname())
     if host and ns.host is None and not ns.all_hosts:

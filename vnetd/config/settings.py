@@ -27,6 +27,22 @@ class _Section(BaseModel):
 class AmqpSettings(_Section):
     url: SecretStr = Field(default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
                            description="Broker URL (amqp:// or amqps://); its password is masked")
+    urls: tuple[SecretStr, ...] = Field(
+        default=(), description="Several broker URLs (the nodes of a cluster); when given, "
+        "`url` is not used: the daemon connects to any and on loss moves to the next")
+    quorum_initial_group_size: int = Field(
+        default=3, ge=1, le=99,
+        description="Replicas of the host queue (a quorum queue) on a cluster; "
+        "RabbitMQ caps it to the nodes there are, so one broker works as is")
+    allowed_senders: tuple[str, ...] = Field(
+        default=(), description="When set, only jobs whose `user_id` property (RabbitMQ "
+        "checks it against the sender's login) is one of these are run; others: forbidden")
+    ca_file: str = Field(default="", description="amqps://: the CA bundle that verifies the "
+                         "broker ('' = the system's trust store)")
+    cert_file: str = Field(default="", description="amqps://: client certificate (optional)")
+    key_file: str = Field(default="", description="amqps://: the client certificate's key")
+    verify_peer: bool = Field(default=True, description="amqps://: verify the broker's "
+                              "certificate and host name (turn off only to debug)")
     prefetch: int = Field(default=128, ge=1, le=10_000, description="Jobs in flight at most")
     delivery_limit: int = Field(default=5, ge=1, le=1000,
                                 description="Deliveries of one job before it is dead-lettered")
@@ -50,6 +66,11 @@ class AmqpSettings(_Section):
     retry_attempts: int = Field(
         default=60, ge=1, le=10_000,
         description="Attempts in all of such a job before it is dead-lettered with the reason")
+
+
+    def broker_urls(self) -> list[str]:
+        """The URLs to connect to, in order: `urls`, else `url`."""
+        return [u.get_secret_value() for u in self.urls] or [self.url.get_secret_value()]
 
 
 class NetlinkSettings(_Section):
@@ -177,6 +198,7 @@ class Settings(BaseSettings):
         """The effective config with secrets masked (for check-config and logs)."""
         data = self.model_dump(mode="json")
         data["amqp"]["url"] = _mask_url(self.amqp.url.get_secret_value())
+        data["amqp"]["urls"] = [_mask_url(u.get_secret_value()) for u in self.amqp.urls]
         return data
 
 

@@ -41,6 +41,8 @@ class Context:
     """Connection state of the daemon's dependencies (broker, libvirt), for host.health."""
     component_details: Callable[[], dict[str, dict[str, object]]] = field(default=lambda: {})
     """Per component: since when in its state and its last error (host.health's reasons)."""
+    broker_node: Callable[[], str | None] = field(default=lambda: None)
+    """host:port of the broker node the daemon is connected to now (host.health)."""
     virt: VirtBackend | None = None
     """libvirt networks; None when `[libvirt] enabled = false` (network ops: unavailable)."""
     ovs: OvsBackend | None = None

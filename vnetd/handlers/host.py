@@ -93,6 +93,8 @@ async def health(cmd: HostHealth, ctx: Context) -> dict[str, Any]:
         "components": components,
         "ovs": ovs.health_view(ctx),
     }
+    if (node := ctx.broker_node()) is not None:
+        result["broker_node"] = node
     if not (missing or bad):
         return result
     details = ctx.component_details()

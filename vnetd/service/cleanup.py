@@ -105,7 +105,7 @@ PROBE_TIMEOUT = 3.0
 async def _ask_daemon(settings: Settings, dry_run: bool,
                       timeout: float) -> dict[str, Any] | None:
     """The running daemon's cleanup.run reply; None when no daemon answers."""
-    client = VnetClient(settings.amqp.url.get_secret_value())
+    client = VnetClient(settings.amqp.broker_urls())
     try:
         await asyncio.wait_for(client.connect(), PROBE_TIMEOUT)
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:

@@ -18,6 +18,7 @@ from vnetd.amqp.consumer import JobConsumer, JobObserver
 from vnetd.amqp.dedupe import ReplyCache
 from vnetd.amqp.quarantine import FlightRecorder, Quarantine
 from vnetd.amqp.retry import RetryPolicy
+from vnetd.amqp.tls import tls_context
 from vnetd.config import Settings
 from vnetd.contract.events import NullSink
 from vnetd.handlers.context import Context
@@ -159,8 +160,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.notifier = Notifier()
         self.broker = BrokerLink(
-            settings.amqp.url.get_secret_value(), f"vnetd@{settings.host_id}",
-            settings.amqp.reconnect_interval_seconds)
+            settings.amqp.broker_urls(), f"vnetd@{settings.host_id}",
+            settings.amqp.reconnect_interval_seconds, tls_context(settings.amqp))
         # ComponentStates: also since when, and the last error, for host.health's reasons.
         self.states: dict[str, str] = ComponentStates({"libvirt": "disabled"})
         self.consumer: JobConsumer | None = None
@@ -199,7 +200,8 @@ class Daemon:
         try:
             ctx = Context(host_id=s.host_id, net=net, policy=await self._policy(net),
                           version=__version__, components=self.component_states,
-                          component_details=self.component_details)
+                          component_details=self.component_details,
+                          broker_node=lambda: self.broker.node)
             self.notifier.status("starting: connecting to the broker")
             connection = await self.broker.connect()
             rt = Runtime(settings=s, ctx=ctx, net=net, broker=self.broker,
@@ -231,14 +233,16 @@ class Daemon:
         s = rt.settings
         channel = await rt.connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=s.amqp.prefetch)
-        topo = await topology.declare(channel, s.host_id, s.amqp.delivery_limit)
+        topo = await topology.declare(channel, s.host_id, s.amqp.delivery_limit,
+                                      s.amqp.quorum_initial_group_size)
         dispatcher = rt.dispatcher or Dispatcher(build_registry(), rt.ctx)
         cache = ReplyCache(s.amqp.dedupe_window_seconds, s.amqp.dedupe_max_entries)
         retry_policy = RetryPolicy(queue=topo.retry_queue.name,
                                    delay_seconds=s.amqp.retry_delay_seconds,
                                    attempts=s.amqp.retry_attempts)
         self.consumer = JobConsumer(channel, topo.queue, dispatcher.execute, cache,
-                                    s.host_id, rt.observers, _quarantine(s), retry_policy)
+                                    s.host_id, rt.observers, _quarantine(s), retry_policy,
+                                    allowed_senders=frozenset(s.amqp.allowed_senders))
         await self.consumer.start()
 
     async def _shutdown(self) -> None:
