@@ -13,6 +13,11 @@ an underlay namespace, N host namespaces with one vnetd each, one broker.
 4. Ping loss (every 50 ms) across a daemon SIGKILL + restart, and across a
    full-state re-send to every host (goal 0).
 
+`--entries-only --before DIR` measures figure 3 alone, old code beside new in one
+run: a second host runs a vnetd from the checkout DIR (e.g. `git worktree add
+--detach /tmp/before main`), and every repetition times, interleaved, this vnetd,
+that one and `bridge -batch` (results in bench/results/overlay-ab.{json,md}).
+
 Outside the lab it makes one (as `python -m bench` does) and re-runs itself inside.
 """
 
@@ -46,12 +51,17 @@ def log(msg: str) -> None:
     print(f"[overlay] {msg}", file=sys.stderr, flush=True)
 
 
-async def start_daemons(fl: f.Fleet, lab: lab_mod.Lab) -> None:
+async def start_daemons(fl: f.Fleet, lab: lab_mod.Lab,
+                        code: dict[int, Path] | None = None) -> None:
+    """One vnetd per host; `code` maps a host's index to another checkout to run there."""
     async def one(h: f.FleetHost) -> DaemonProcess:
+        other = (code or {}).get(h.index)
+        # PYTHONPATH comes before the venv's editable install on the import path.
+        env = {"PYTHONPATH": str(other)} if other is not None else None
         d = DaemonProcess(host_id=f"ov-{lab.suffix}-{h.index}", amqp_url=lab.amqp_url,
                           netns=h.netns, workdir=lab.dir / "daemons" / f"ov{h.index}",
                           extra={"policy": {"attachable": [f.GUEST_PORTS], "protected": ["lo"]}},
-                          ready_timeout=120)
+                          env=env, ready_timeout=120)
         await d.start()
         return d
     for h, d in zip(fl.hosts, await asyncio.gather(*(one(h) for h in fl.hosts)), strict=True):
@@ -209,6 +219,85 @@ async def entries_vs_bridge_batch(fl: f.Fleet, client: VnetClient, n: int) -> di
             "ratio_add": med(b_add) / med(v_add), "ratio_remove": med(b_del) / med(v_del)}
 
 
+# ------------------------------------------------------------------ 3b. old beside new
+async def entries_ab(fl: f.Fleet, client: VnetClient, n: int, reps: int) -> dict[str, Any]:
+    """Figure 3 with host 0 running this code and host 1 the `--before` checkout."""
+    sides = {"after": fl.hosts[0], "before": fl.hosts[1]}
+    # Nine remotes as in the 10-host figure (only the kernel's FDB sees them).
+    remotes = [f"{f.UNDERLAY_PREFIX}{200 + i}" for i in range(9)]
+    for h in sides.values():
+        await call_ok(client, h.host_id, "vxlan.ensure", {"name": "vx-big", "vni": 3000,
+                                                           "local": h.address})
+    h0 = fl.hosts[0]
+    f.ip("-n", h0.netns, "link", "add", "vx-bb", "type", "vxlan", "id", "3001", "local",
+         h0.address, "dstport", "4789", "nolearning")
+    macs = [f"52:54:01:{i >> 16 & 0xFF:02x}:{i >> 8 & 0xFF:02x}:{i & 0xFF:02x}"
+            for i in range(n)]
+    entries = [{"mac": m, "dst": remotes[i % len(remotes)]} for i, m in enumerate(macs)]
+    add_lines = [f"fdb add {e['mac']} dev vx-bb dst {e['dst']} self permanent" for e in entries]
+    del_lines = [f"fdb del {e['mac']} dev vx-bb dst {e['dst']} self" for e in entries]
+    t: dict[str, list[float]] = {f"{side}_{what}": [] for side in (*sides, "bridge")
+                                 for what in ("add", "noop", "remove")}
+
+    async def job(side: str, what: str, fdb: list[dict[str, str]]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        r = await call_ok(client, sides[side].host_id, "fdb.converge",
+                          {"name": "vx-big", "remotes": remotes, "fdb": fdb})
+        t[f"{side}_{what}"].append(time.perf_counter() - t0)
+        return r
+    for rep in range(reps):
+        order = ["after", "before"] if rep % 2 == 0 else ["before", "after"]
+        for side in order:
+            assert (await job(side, "add", entries))["added"]["fdb"] == n
+        t["bridge_add"].append(batch_in(h0.netns, "bridge", add_lines))
+        for side in order:
+            assert not (await job(side, "noop", entries))["changed"]
+        for side in order:
+            assert (await job(side, "remove", []))["removed"]["fdb"] == n
+        t["bridge_remove"].append(batch_in(h0.netns, "bridge", del_lines))
+    med = {k: statistics.median(v) for k, v in t.items() if v}
+    return {"entries": n, "reps": reps, "median_s": med, "samples_s": t}
+
+
+def markdown_ab(r: dict[str, Any]) -> str:
+    m, n = r["median_s"], r["entries"]
+    rows = [f"# fdb.converge of {n} unicast entries, old code beside new ({r['meta']['time']}, "
+            f"load {r['meta']['load'][0]:.1f} on {r['meta']['cpus']} CPUs)", "",
+            f"One run, interleaved, median of {r['reps']}; ratio = bridge -batch time / vnetd "
+            "time (goal >= 0.5). before: " + r["meta"]["before"], "",
+            "| job | before | after | bridge -batch | ratio before | ratio after |",
+            "|---|---|---|---|---|---|"]
+    for what in ("add", "remove"):
+        b, a, k = m[f"before_{what}"], m[f"after_{what}"], m[f"bridge_{what}"]
+        rows.append(f"| {what} {n} | {b * 1000:.1f} ms | {a * 1000:.1f} ms | {k * 1000:.1f} ms "
+                    f"| {k / b:.2f} | {k / a:.2f} |")
+    rows.append(f"| re-sent, no change | {m['before_noop'] * 1000:.1f} ms | "
+                f"{m['after_noop'] * 1000:.1f} ms | | | |")
+    return "\n".join(rows) + "\n"
+
+
+async def run_ab(args: argparse.Namespace) -> dict[str, Any]:
+    lab = lab_mod.Lab.from_env()
+    subs = lab_mod.SubNamespaces(lab)
+    fl = f.Fleet(subs.new)
+    try:
+        fl.build(2)
+        await start_daemons(fl, lab, {1: args.before})
+        async with VnetClient(lab.amqp_url) as client:
+            result = await entries_ab(fl, client, args.entries, args.reps)
+        before = subprocess.run(["git", "-C", str(args.before), "log", "-1", "--format=%h %s"],
+                                capture_output=True, text=True, check=False).stdout.strip()
+        result["meta"] = {"cpus": os.cpu_count(), "load": os.getloadavg(),
+                          "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "before": f"{args.before} ({before})"}
+        return result
+    finally:
+        for h in fl.hosts:
+            if h.daemon is not None:
+                await h.daemon.stop()
+        subs.cleanup()
+
+
 # ------------------------------------------------------------------ 4. ping loss
 async def ping_loss(fl: f.Fleet, client: VnetClient, seg: Segment,
                     guests: list[f.Guest]) -> dict[str, Any]:
@@ -300,15 +389,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segments", type=int, default=100)
     p.add_argument("--entries", type=int, default=1000)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--entries-only", action="store_true",
+                   help="figure 3 alone, this code beside --before's (one run, interleaved)")
+    p.add_argument("--before", type=Path, help="checkout of the code to compare with")
+    p.add_argument("--reps", type=int, default=9)
     args = p.parse_args(argv)
+    if args.entries_only and args.before is None:
+        p.error("--entries-only needs --before DIR")
     if not lab_mod.in_lab():
         with lab_mod.private_lab() as (netns, env):
             cmd = ["ip", "netns", "exec", netns, sys.executable, "-m", "bench.overlay",
                    *(sys.argv[1:] if argv is None else argv)]
             return subprocess.run(cmd, env={**os.environ, **env}, cwd=REPO_ROOT,
                                   check=False).returncode
-    result = asyncio.run(run(args))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.entries_only:
+        ab = asyncio.run(run_ab(args))
+        (args.out / "overlay-ab.json").write_text(json.dumps(ab, indent=2) + "\n")
+        (args.out / "overlay-ab.md").write_text(markdown_ab(ab))
+        sys.stdout.write(markdown_ab(ab))
+        return 0
+    result = asyncio.run(run(args))
     (args.out / "overlay.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
     (args.out / "overlay.md").write_text(text)

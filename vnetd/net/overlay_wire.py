@@ -13,7 +13,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from vnetd.net import rtnl
@@ -116,19 +116,47 @@ _FDB_FLAGS = {"add": NLM_F_CREATE | NLM_F_EXCL, "append": NLM_F_CREATE | NLM_F_A
               "replace": NLM_F_CREATE | NLM_F_REPLACE, "delete": 0}
 
 
+_FDB_V4 = struct.Struct("=BxxxiHBBHH6sxxHH4s")
+_FDB_V6 = struct.Struct("=BxxxiHBBHH6sxxHH16s")
+"""ndmsg, NDA_LLADDR (6 bytes, padded), NDA_DST: a whole FDB request body in one pack."""
+_NEIGH_V4 = struct.Struct("=BxxxiHBBHH4sHH6sxx")
+_NEIGH_V6 = struct.Struct("=BxxxiHBBHH16sHH6sxx")
+"""ndmsg, NDA_DST, NDA_LLADDR: a whole neighbour request body in one pack."""
+
+
+@lru_cache(maxsize=65536)
+def _mac(mac: str) -> bytes:
+    if len(mac) == 17 and mac[2::3] == ":::::":
+        return bytes.fromhex(mac[0:2] + mac[3:5] + mac[6:8] + mac[9:11] + mac[12:14] + mac[15:17])
+    return mac_bytes(mac)
+
+
 def fdb_request(index: int, op: FdbOp) -> tuple[int, int, bytes]:
     """(type, flags, body) of one FDB row change on the VXLAN device itself (NTF_SELF)."""
     flags = NTF_SELF if op.action == "append" or op.mac == "00:00:00:00:00:00" \
         else NTF_SELF | NTF_EXT_LEARNED
-    body = _NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, flags, 0)
-    body += attr(NDA_LLADDR, mac_bytes(op.mac)) + attr(NDA_DST, _ip(op.dst))
+    mac, dst = _mac(op.mac), _ip(op.dst)
+    if len(mac) == 6 and len(dst) in (4, 16):
+        layout = _FDB_V4 if len(dst) == 4 else _FDB_V6
+        body = layout.pack(AF_BRIDGE, index, NUD_PERMANENT, flags, 0,
+                           10, NDA_LLADDR, mac, 4 + len(dst), NDA_DST, dst)
+    else:
+        body = _NDMSG.pack(AF_BRIDGE, index, NUD_PERMANENT, flags, 0)
+        body += attr(NDA_LLADDR, mac) + attr(NDA_DST, dst)
     kind = RTM_DELNEIGH if op.action == "delete" else RTM_NEWNEIGH
     return kind, _FDB_FLAGS[op.action], body
 
 
 def neigh_request(index: int, op: NeighOp) -> tuple[int, int, bytes]:
-    body = _NDMSG.pack(_family(op.ip), index, NUD_PERMANENT, NTF_EXT_LEARNED, 0)
-    body += attr(NDA_DST, _ip(op.ip)) + attr(NDA_LLADDR, mac_bytes(op.mac))
+    ip, mac = _ip(op.ip), _mac(op.mac)
+    if len(mac) == 6:
+        v4 = len(ip) == 4
+        body = (_NEIGH_V4 if v4 else _NEIGH_V6).pack(
+            socket.AF_INET if v4 else socket.AF_INET6, index, NUD_PERMANENT, NTF_EXT_LEARNED,
+            0, 4 + len(ip), NDA_DST, ip, 10, NDA_LLADDR, mac)
+    else:
+        body = _NDMSG.pack(_family(op.ip), index, NUD_PERMANENT, NTF_EXT_LEARNED, 0)
+        body += attr(NDA_DST, ip) + attr(NDA_LLADDR, mac)
     if op.action == "delete":
         return RTM_DELNEIGH, 0, body
     flags = NLM_F_CREATE | (NLM_F_REPLACE if op.action == "replace" else NLM_F_EXCL)
@@ -136,10 +164,6 @@ def neigh_request(index: int, op: NeighOp) -> tuple[int, int, bytes]:
 
 
 # ------------------------------------------------------------------ decoding
-def _fmt_mac(raw: memoryview | None) -> str | None:
-    return raw.hex(":") if raw is not None and len(raw) == 6 else None
-
-
 def _fmt_ip(raw: memoryview | None) -> str | None:
     if raw is None or len(raw) not in (4, 16):
         return None
@@ -179,14 +203,39 @@ def parse_vxlan(payload: bytes) -> VxlanInfo | None:
     )
 
 
-_NEIGH_ATTRS = frozenset({NDA_DST, NDA_LLADDR})
+_NLATTR = rtnl.NLATTR
 
 
 def parse_neigh(payload: bytes) -> tuple[int, int, int, int, str | None, str | None]:
-    """(family, ifindex, state, flags, dst, lladdr) of an RTM_NEWNEIGH payload."""
+    """(family, ifindex, state, flags, dst, lladdr) of an RTM_NEWNEIGH payload.
+
+    Walks the attributes itself and keeps only the two it needs, as bytes (the
+    text of each comes from a cache): a dump or a batch's notifications bring a
+    thousand of these at once. Same rules as rtnl.attrs: the last of a type wins,
+    a truncated attribute ends the walk.
+    """
     family, index, state, flags, _type = _NDMSG.unpack_from(payload, 0)
-    a = rtnl.attrs(payload, _NDMSG.size, len(payload), _NEIGH_ATTRS)
-    return family, index, state, flags, _fmt_ip(a.get(NDA_DST)), _fmt_mac(a.get(NDA_LLADDR))
+    dst = mac = None
+    unpack = _NLATTR.unpack_from
+    pos, end = _NDMSG.size, len(payload)
+    while pos + 4 <= end:
+        length, kind = unpack(payload, pos)
+        if length < 4 or pos + length > end:
+            break
+        kind &= rtnl.NLA_TYPE_MASK
+        if kind == NDA_DST:
+            dst = bytes(payload[pos + 4:pos + length])
+        elif kind == NDA_LLADDR:
+            mac = bytes(payload[pos + 4:pos + length])
+        pos += (length + 3) & ~3
+    return (family, index, state, flags,
+            _ip_text(dst) if dst is not None and len(dst) in (4, 16) else None,
+            _mac_text(mac) if mac is not None and len(mac) == 6 else None)
+
+
+@lru_cache(maxsize=65536)
+def _mac_text(raw: bytes) -> str:
+    return raw.hex(":")
 
 
 def parse_addr(payload: bytes) -> tuple[int, str | None]:
@@ -206,12 +255,24 @@ def messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
 
 
 # ------------------------------------------------------------------ the socket
+def recv_datagram(sock: socket.socket, buf: bytearray) -> bytes:
+    """One datagram, read into the caller's reusable buffer and copied out at its size."""
+    try:
+        n = sock.recv_into(buf)
+    except TimeoutError as exc:
+        raise WireError(errno.ETIMEDOUT, "no answer from the kernel") from exc
+    return bytes(memoryview(buf)[:n])
+
+
 @dataclass
 class Wire:
     """One blocking rtnetlink socket of the target namespace (worker thread only)."""
 
     sock: socket.socket
     seq: int = 0
+    buf: bytearray = field(default_factory=lambda: bytearray(RECV_BYTES))
+    """One receive buffer for the socket's life: `recv(RECV_BYTES)` would allocate
+    (and the allocator map and unmap) a megabyte for every ack of a batch."""
 
     @classmethod
     def open(cls) -> Wire:
@@ -233,10 +294,7 @@ class Wire:
         return self.seq
 
     def _recv(self) -> bytes:
-        try:
-            return self.sock.recv(RECV_BYTES)
-        except TimeoutError as exc:
-            raise WireError(errno.ETIMEDOUT, "no answer from the kernel") from exc
+        return recv_datagram(self.sock, self.buf)
 
     def dump(self, kind: int, body: bytes) -> list[tuple[int, bytes]]:
         """(type, payload) of every answer of one dump request."""
@@ -275,24 +333,36 @@ class Wire:
                 return payload
 
     def batch(self, requests: Sequence[tuple[int, int, bytes]]) -> list[int]:
-        """Send every request (acked), many per write; the errno of each (0: done)."""
+        """Send every request, many per write; the errno of each (0: done).
+
+        Only the last request of a write asks for an ack: the kernel handles the
+        messages of one write in order and answers a failed one with its error
+        whether or not it asked for an ack, so once the last one's ack is read,
+        every error of the write has been read before it. A thousand acks would
+        be a thousand receives (and a thousand buffers in the kernel).
+        """
         results = [0] * len(requests)
         pos = 0
         while pos < len(requests):
+            end, size = pos, 0
+            while end < len(requests) and size < CHUNK_BYTES:
+                size += _HDR.size + len(requests[end][2])
+                end += 1
             chunk = bytearray()
-            pending: dict[int, int] = {}
-            while pos < len(requests) and len(chunk) < CHUNK_BYTES:
-                kind, flags, body = requests[pos]
+            sent: dict[int, int] = {}
+            for i in range(pos, end):
+                kind, flags, body = requests[i]
                 seq = self._next()
-                pending[seq] = pos
-                chunk += _HDR.pack(_HDR.size + len(body), kind,
-                                   flags | NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
-                pos += 1
+                sent[seq] = i
+                ack = NLM_F_ACK if i == end - 1 else 0
+                chunk += _HDR.pack(_HDR.size + len(body), kind, flags | NLM_F_REQUEST | ack,
+                                   seq, 0) + body
             self.sock.send(bytes(chunk))
-            while pending:
+            while seq in sent:  # the last one's ack: every answer of this write is in
                 for mtype, _flags, mseq, payload in messages(self._recv()):
-                    if mtype == NLMSG_ERROR and mseq in pending:
-                        results[pending.pop(mseq)] = -_ERR.unpack_from(payload, 0)[0]
+                    if mtype == NLMSG_ERROR and mseq in sent:
+                        results[sent.pop(mseq)] = -_ERR.unpack_from(payload, 0)[0]
+            pos = end
         return results
 
     def request(self, kind: int, flags: int, body: bytes) -> None:

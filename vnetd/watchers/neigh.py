@@ -68,6 +68,8 @@ class NeighWatcher:
         self.state: OverlayState = ctx.overlay
         self._open = open_socket
         self._sock: socket.socket | None = None
+        self._buf = bytearray(w.RECV_BYTES)
+        """Reused for every datagram (one per notification): see overlay_wire.Wire.buf."""
         self._resync: asyncio.Task[None] | None = None
         self.overruns = 0
         self.reported = 0
@@ -109,7 +111,7 @@ class NeighWatcher:
             return
         for _ in range(MAX_DATAGRAMS_PER_WAKEUP):
             try:
-                data = self._sock.recv(w.RECV_BYTES)
+                data = w.recv_datagram(self._sock, self._buf)
             except BlockingIOError:
                 return
             except OSError as exc:
