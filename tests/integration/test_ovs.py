@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.events_subscriber import Subscriber
+from tests.integration.test_ops import err, ok
 from tests.integration.test_vnetctl import vnetctl
 from tests.support import netns as ns
 from tests.support.daemon import DaemonProcess
@@ -39,18 +40,6 @@ async def odaemon(start_daemon: Any, netns: str, ovs: PrivateOvs) -> DaemonProce
     d: DaemonProcess = await start_daemon(netns=netns, ovs=ovs_config(ovs),
                                           policy={"attachable": ATTACHABLE, "protected": ["lo"]})
     return d
-
-
-async def ok(rpc: RawRpc, d: DaemonProcess, op: str, **args: Any) -> dict[str, Any]:
-    reply = await rpc.call(d.host_id, op, args)
-    assert reply["ok"] is True, reply
-    return reply["result"]
-
-
-async def err(rpc: RawRpc, d: DaemonProcess, op: str, **args: Any) -> dict[str, Any]:
-    reply = await rpc.call(d.host_id, op, args)
-    assert reply["ok"] is False, reply
-    return reply["error"]
 
 
 def vsctl_get(o: PrivateOvs, table: str, record: str, column: str) -> str:

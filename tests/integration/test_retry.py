@@ -24,6 +24,7 @@ from tests.integration.test_libvirt import routed, uniq
 from tests.integration.test_libvirt_restart import wait_health
 from tests.support.daemon import DaemonProcess
 from tests.support.libvirtd import PrivateLibvirtd
+from tests.support.queues import take_dead_letter
 from tests.support.rpc import RawRpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.libvirt]
@@ -49,24 +50,10 @@ def retries_logged(d: DaemonProcess, message_id: str) -> list[int]:
 async def take_dead(amqp_url: str, message_id: str, timeout: float = 15.0
                     ) -> aio_pika.abc.AbstractIncomingMessage:
     """The message with `message_id` from vnetd.dead (others are put back)."""
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        ch = await conn.channel()
-        queue = await ch.declare_queue("vnetd.dead", passive=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = await queue.get(fail=False, no_ack=False)
-            if msg is None:
-                await asyncio.sleep(0.1)
-                continue
-            if msg.message_id == message_id:
-                await msg.ack()
-                return msg
-            await msg.nack(requeue=True)
-            await asyncio.sleep(0.01)
+    msg = await take_dead_letter(amqp_url, message_id, timeout)
+    if msg is None:
         raise AssertionError(f"{message_id} never reached vnetd.dead")
-    finally:
-        await conn.close()
+    return msg
 
 
 async def test_a_job_without_reply_to_takes_effect_once_libvirtd_is_back(

@@ -7,11 +7,11 @@ import json
 import uuid
 from typing import Any
 
-import aio_pika
 import pytest
 
 from tests.support import netns as ns
 from tests.support.daemon import DaemonProcess
+from tests.support.queues import take_dead_letter
 from tests.support.rpc import RawRpc
 
 pytestmark = pytest.mark.integration
@@ -65,24 +65,7 @@ async def test_malformed_bodies_are_answered_and_dead_lettered(
 
 async def _dead_lettered(amqp_url: str, message_id: str, timeout: float = 5.0) -> bool:
     """Look for message_id in vnetd.dead (messages of other tests are put back)."""
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        ch = await conn.channel()
-        queue = await ch.declare_queue("vnetd.dead", passive=True)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            msg = await queue.get(fail=False, no_ack=False)
-            if msg is None:
-                await asyncio.sleep(0.1)
-                continue
-            if msg.message_id == message_id:
-                await msg.ack()
-                return True
-            await msg.nack(requeue=True)
-            await asyncio.sleep(0.01)
-        return False
-    finally:
-        await conn.close()
+    return await take_dead_letter(amqp_url, message_id, timeout) is not None
 
 
 async def test_no_reply_to_still_does_the_work(rpc: RawRpc, daemon: DaemonProcess,

@@ -12,28 +12,18 @@ import os
 import signal
 import time
 
-import aio_pika
 import pytest
 
 from tests.conftest import StartDaemon
 from tests.support import netns as netns_mod
 from tests.support.env import Lab
+from tests.support.queues import queue_counts
 from tests.support.rpc import RawRpc
 from tests.support.sdnotify import NotifyListener, short_socket_path
 
 pytestmark = pytest.mark.integration
 
 WATCHDOG_USEC = 1_000_000  # systemd's WatchdogSec=1s: pings expected every 0.5 s
-
-
-async def _queue_counts(amqp_url: str, host_id: str) -> tuple[int, int]:
-    """(messages ready, consumers) of the host queue, from a passive declare."""
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(f"vnetd.host.{host_id}", passive=True)
-        result = queue.declaration_result
-        return result.message_count, result.consumer_count
 
 
 async def test_ready_only_with_a_consumer_then_watchdog_status_and_stopping(
@@ -54,7 +44,7 @@ async def test_ready_only_with_a_consumer_then_watchdog_status_and_stopping(
             await sd.wait_for("READY", "1", timeout=30)
             assert frozen, "READY arrived but the daemon was not frozen"
             # Frozen right after READY: the consumer must already be registered.
-            _, consumers = await _queue_counts(amqp_url, d.host_id)
+            _, consumers = await queue_counts(amqp_url, d.host_id)
             assert consumers == 1
         finally:
             os.kill(d.pid, signal.SIGCONT)
@@ -119,7 +109,7 @@ async def test_sigterm_finishes_and_acks_the_job_in_flight(
         names = {e["ifname"] for e in await netns_mod.aip_json(netns, "link", "show")}
         assert {f"sig{i}" for i in range(count)} <= names
         # Acked: nothing is left in the queue for redelivery.
-        ready_msgs, consumers = await _queue_counts(amqp_url, d.host_id)
+        ready_msgs, consumers = await queue_counts(amqp_url, d.host_id)
         assert (ready_msgs, consumers) == (0, 0)
         assert '"event": "drain_timeout"' not in d.log_text()
 

@@ -59,13 +59,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aio_pika
 import pytest
 
 from tests.support import netns as netns_mod
 from tests.support import toml
 from tests.support.env import REPO_ROOT, Lab, in_root_netns
 from tests.support.nspawn import Container
+from tests.support.queues import queue_counts
 from tests.support.relay import TcpRelay
 from tests.support.rpc import RawRpc
 
@@ -221,15 +221,6 @@ def ready_line(d: Deployment) -> re.Pattern[str]:
 def process_status(d: Deployment, pid: str) -> dict[str, str]:
     text = d.box.run("cat", f"/proc/{pid}/status").stdout
     return dict(re.findall(r"^(\w+):\s*(.*)$", text, re.MULTILINE))
-
-
-async def queue_counts(amqp_url: str, host_id: str) -> tuple[int, int]:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(f"vnetd.host.{host_id}", passive=True)
-        result = queue.declaration_result
-        return result.message_count, result.consumer_count
 
 
 # ---------------------------------------------------------------------- 1. start

@@ -1,4 +1,5 @@
-"""pyroute2 as the reference decoder: its parse of an RTM_NEWLINK, as a vnetd Link.
+"""pyroute2 as the reference codec: its parse of an RTM_NEWLINK as a vnetd Link, and
+link messages it encodes for vnetd's decoders to read.
 
 vnetd decodes link messages itself (vnetd/net/rtnl.py); the tests compare that
 with what pyroute2's full decode of the same bytes says. This mapping is the
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+from vnetd.net import rtnl
 from vnetd.net.model import BridgeSettings, Link, TunSettings
 
 IFF_UP = 0x1
@@ -64,3 +68,36 @@ def decode_with_pyroute2(raw: bytes) -> list[Any]:
     from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
     return list(MarshalRtnl().parse(raw))
+
+
+def encode_link(index: int, name: str, *, mtu: int = 1500, mac: str | None = None,
+                flags: int = 0, oper: str = "DOWN", carrier: int = 0,
+                carrier_changes: int | None = None, master: int | None = None,
+                group: int | None = None,
+                alias: str | None = None, linkinfo: dict[str, Any] | None = None,
+                extra: bool = False, mtype: int = rtnl.RTM_NEWLINK) -> bytes:
+    """An RTM_NEWLINK (or `mtype`) built by pyroute2 with the given attributes."""
+    m = ifinfmsg()
+    m["header"]["type"] = mtype
+    m["index"] = index
+    m["flags"] = flags
+    attrs: list[tuple[str, object]] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu),
+                                       ("IFLA_OPERSTATE", oper), ("IFLA_CARRIER", carrier)]
+    if extra:  # attributes no consumer reads: the walker must step over them
+        attrs += [("IFLA_TXQLEN", 1000), ("IFLA_PROMISCUITY", 0),
+                  ("IFLA_QDISC", "noqueue"), ("IFLA_BROADCAST", "ff:ff:ff:ff:ff:ff")]
+    if carrier_changes is not None:
+        attrs.append(("IFLA_CARRIER_CHANGES", carrier_changes))
+    if group is not None:
+        attrs.append(("IFLA_GROUP", group))
+    if mac is not None:
+        attrs.append(("IFLA_ADDRESS", mac))
+    if master is not None:
+        attrs.append(("IFLA_MASTER", master))
+    if alias is not None:
+        attrs.append(("IFLA_IFALIAS", alias))
+    if linkinfo is not None:
+        attrs.append(("IFLA_LINKINFO", linkinfo))
+    m["attrs"] = attrs
+    m.encode()
+    return bytes(m.data)

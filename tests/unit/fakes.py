@@ -43,6 +43,19 @@ DEFAULT_BRIDGE = BridgeSettings(
 )
 
 
+@dataclass
+class RecordingSink:
+    """An EventSink that keeps every (type, subject, data) it is given, in order."""
+
+    events: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
+
+    def emit(self, type: str, subject: str | None, data: dict[str, Any]) -> None:
+        self.events.append((type, subject, data))
+
+    def types(self) -> list[tuple[str, str | None]]:
+        return [(t, s) for t, s, _ in self.events]
+
+
 def centiseconds(seconds: float) -> float:
     """What the kernel gives back for a timer set to `seconds` (USER_HZ = 100)."""
     return round(seconds * 100) / 100

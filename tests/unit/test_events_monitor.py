@@ -10,29 +10,8 @@ import struct
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from tests.support.pyroute2_ref import encode_link
 from vnetd.net import monitor, rtnl
-
-
-def encode_link(index: int, name: str, *, mtu: int = 1500, mac: str | None = None,
-                flags: int = 0, oper: str = "DOWN", carrier: int = 0, master: int | None = None,
-                alias: str | None = None, linkinfo: dict | None = None, mtype: int = 16) -> bytes:
-    m = ifinfmsg()
-    m["header"]["type"] = mtype
-    m["index"] = index
-    m["flags"] = flags
-    attrs: list[tuple[str, object]] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu),
-                                       ("IFLA_OPERSTATE", oper), ("IFLA_CARRIER", carrier)]
-    if mac is not None:
-        attrs.append(("IFLA_ADDRESS", mac))
-    if master is not None:
-        attrs.append(("IFLA_MASTER", master))
-    if alias is not None:
-        attrs.append(("IFLA_IFALIAS", alias))
-    if linkinfo is not None:
-        attrs.append(("IFLA_LINKINFO", linkinfo))
-    m["attrs"] = attrs
-    m.encode()
-    return bytes(m.data)
 
 
 def mine(raw: bytes) -> monitor.LinkEvent:

@@ -8,20 +8,10 @@ from typing import Any
 import pytest
 
 from tests.support.wait import until
+from tests.unit.fakes import RecordingSink as Sink
 from vnetd.net.model import Link
 from vnetd.net.monitor import Address, AddressEvent, Control, LinkEvent, Message, Overrun
 from vnetd.watchers.netlink import NetlinkWatcher
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str | None, dict[str, Any]]] = []
-
-    def emit(self, type: str, subject: str | None, data: dict[str, Any]) -> None:
-        self.events.append((type, subject, data))
-
-    def types(self) -> list[tuple[str, str | None]]:
-        return [(t, s) for t, s, _ in self.events]
 
 
 class FakeMonitor:

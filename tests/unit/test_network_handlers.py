@@ -3,7 +3,6 @@ watcher's event/resync logic over a fake connection with a recording EventSink."
 
 from __future__ import annotations
 
-import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import FakeNet
+from tests.support.wait import until
+from tests.unit.fakes import FakeNet, RecordingSink
 from vnetd.contract.commands import parse_request
 from vnetd.contract.errors import VnetdError
 from vnetd.handlers.context import Context
@@ -410,14 +410,6 @@ async def test_update_inactive_applies_to_config_only(run: Call, virt: FakeVirt)
 
 
 # ------------------------------------------------------------------ watcher
-@dataclass
-class RecordingSink:
-    events: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
-
-    def emit(self, type: str, subject: str | None, data: dict[str, Any]) -> None:
-        self.events.append((type, subject, data))
-
-
 class FakeConnection(FakeVirt):
     """FakeVirt plus the connection hooks the watcher drives."""
 
@@ -449,11 +441,8 @@ class FakeConnection(FakeVirt):
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.005)
+    """tests/support/wait.until with this file's 2 s bound and 5 ms poll."""
+    await until(cond, "the condition", timeout, poll=0.005)
 
 
 async def test_watcher_events_reconnect_and_resync(vnet: FakeNet) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -195,6 +196,32 @@ async def test_port_detach(ovs: FakeOvs, call: Caller) -> None:
                                                            "bridge": "ob6"}
     assert (await call("ovs.port.detach", name="tap3"))["detached"] is False
     assert [p.name for p in ovs.bridges["ob6"].ports] == ["ob6", "eth8"]
+
+
+async def test_row_deleted_by_someone_else_after_the_check_is_nothing_to_do(
+        ovs: FakeOvs, call: Caller) -> None:
+    """The snapshot still shows the row; by the delete it is gone (NOT_FOUND)."""
+    ovs.put_bridge("ob7", owner=OWNED)
+    ovs.put_port("ob7", "tap4", owner=OWNED)
+    real_snapshot = ovs.snapshot
+
+    async def snapshot_then_someone_deletes() -> Any:
+        state = await real_snapshot()
+        ovs.bridges["ob7"] = replace(ovs.bridges["ob7"], ports=tuple(
+            p for p in ovs.bridges["ob7"].ports if p.name != "tap4"))
+        return state
+
+    ovs.snapshot = snapshot_then_someone_deletes  # type: ignore[method-assign]
+    assert await call("ovs.port.detach", name="tap4") == {"name": "tap4", "detached": False}
+
+    async def snapshot_then_bridge_gone() -> Any:
+        state = await real_snapshot()
+        ovs.bridges.pop("ob7", None)
+        return state
+
+    ovs.snapshot = snapshot_then_bridge_gone  # type: ignore[method-assign]
+    assert await call("ovs.bridge.delete", name="ob7") == {"name": "ob7", "deleted": False}
+    assert [m.split()[0] for m in ovs.mutations] == ["delete_port", "delete_bridge"]
 
 
 async def test_snapshot_and_list_show_ports(ovs: FakeOvs, call: Caller) -> None:

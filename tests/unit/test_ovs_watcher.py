@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import replace
 from typing import Any, cast
 
-from tests.unit.fakes import FakeNet
+from tests.unit.fakes import FakeNet, RecordingSink
 from tests.unit.ovs_fakes import FakeOvs
 from vnetd.handlers.cleanup import Rules, Sweeper
 from vnetd.handlers.context import Context
@@ -20,15 +20,10 @@ from vnetd.watchers.ovs import OvsWatcher
 OWNED = {"vnetd-owner": "v1"}
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str | None, dict[str, Any]]] = []
-
-    def emit(self, type: str, subject: str | None, data: dict[str, Any]) -> None:
-        self.events.append((type, subject, data))
-
+class Sink(RecordingSink):
     def types(self) -> list[tuple[str, str | None]]:
-        out = [(t, s) for t, s, _ in self.events]
+        """Then forgets them: each check sees only what happened since the last one."""
+        out = super().types()
         self.events.clear()
         return out
 

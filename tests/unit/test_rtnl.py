@@ -14,47 +14,14 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from tests.support.pyroute2_ref import decode_with_pyroute2, link_from_pyroute2
+from tests.support.pyroute2_ref import decode_with_pyroute2, encode_link, link_from_pyroute2
 from vnetd.net import fastlink, monitor, rtnl
 from vnetd.net.model import CREATING_GROUP, BridgeOptions, Link, LinkChange
 
 OPER = ["UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP"]
 printable = st.characters(min_codepoint=33, max_codepoint=126)
 u32 = st.integers(0, 2**32 - 1)
-
-
-def encode_link(index: int, name: str, *, mtu: int = 1500, mac: str | None = None,
-                flags: int = 0, oper: str = "DOWN", carrier: int = 0,
-                carrier_changes: int | None = None, master: int | None = None,
-                group: int | None = None,
-                alias: str | None = None, linkinfo: dict[str, Any] | None = None,
-                extra: bool = False, mtype: int = rtnl.RTM_NEWLINK) -> bytes:
-    m = ifinfmsg()
-    m["header"]["type"] = mtype
-    m["index"] = index
-    m["flags"] = flags
-    attrs: list[tuple[str, object]] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu),
-                                       ("IFLA_OPERSTATE", oper), ("IFLA_CARRIER", carrier)]
-    if extra:  # attributes no consumer reads: the walker must step over them
-        attrs += [("IFLA_TXQLEN", 1000), ("IFLA_PROMISCUITY", 0),
-                  ("IFLA_QDISC", "noqueue"), ("IFLA_BROADCAST", "ff:ff:ff:ff:ff:ff")]
-    if carrier_changes is not None:
-        attrs.append(("IFLA_CARRIER_CHANGES", carrier_changes))
-    if group is not None:
-        attrs.append(("IFLA_GROUP", group))
-    if mac is not None:
-        attrs.append(("IFLA_ADDRESS", mac))
-    if master is not None:
-        attrs.append(("IFLA_MASTER", master))
-    if alias is not None:
-        attrs.append(("IFLA_IFALIAS", alias))
-    if linkinfo is not None:
-        attrs.append(("IFLA_LINKINFO", linkinfo))
-    m["attrs"] = attrs
-    m.encode()
-    return bytes(m.data)
 
 
 def tun_info(tun_type: int = 2, owner: int | None = 107, group: int | None = None,

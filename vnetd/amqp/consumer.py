@@ -70,6 +70,8 @@ class JobConsumer:
         user_id against the publishing connection's login, so it cannot be forged)."""
         self._tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._jobs: set[asyncio.Task[Any]] = set()
+        """The jobs themselves (run_to_end's inner tasks), for `abandon`."""
         self.stopping = False
 
     async def start(self) -> None:
@@ -91,6 +93,27 @@ class JobConsumer:
         if not pending:
             return 0
         _, still = await asyncio.wait(pending, timeout=timeout)
+        return len(still)
+
+    async def abandon(self, timeout: float) -> int:
+        """After a drain timeout: cancel the jobs still running and wait (at most
+        `timeout`) for their deliveries to end, unacked; returns how many did not.
+
+        Their messages are then redelivered when the channel closes, as after a
+        kill, which every job survives (a device a cut-short creation left is
+        finished by the redelivery). Ending them here, before the broker
+        connection closes, matters: aiormq cancels a delivery still running at
+        close with an exception of its own, which asyncio.run() then reports as
+        unhandled when the loop shuts down.
+        """
+        pending = {t for t in self._inflight if not t.done()}
+        for job in self._jobs:
+            job.cancel()
+        if not pending:
+            return 0
+        _, still = await asyncio.wait(pending, timeout=timeout)
+        for task in still:  # cancelled, not between two jobs' steps: they end at once
+            task.cancel()
         return len(still)
 
     @property
@@ -190,6 +213,8 @@ class JobConsumer:
         """The job's outcome; never raises (but for a cancellation, after which the
         outcome of the job, which ran to its end, is put in `finished`)."""
         job = asyncio.ensure_future(self.execute(cmd))
+        self._jobs.add(job)  # only `abandon` (a stop after a drain timeout) cancels it
+        job.add_done_callback(self._jobs.discard)
         try:
             await run_to_end(job)
         except asyncio.CancelledError:
@@ -309,6 +334,9 @@ async def run_to_end(job: Awaitable[dict[str, Any]]) -> dict[str, Any]:
     not yet marked as vnetd's, which no later job may touch. So the job runs to its
     end; only then does the cancellation go on, and the unacked message is
     redelivered to a job that finds everything done.
+
+    Only cancelling the job's own task (what JobConsumer.abandon does when the
+    daemon stops after a drain timeout) ends it early.
     """
     task = asyncio.ensure_future(job)
     try:

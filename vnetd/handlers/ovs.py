@@ -17,6 +17,7 @@ changes), `unavailable`, which is temporary: the job is to be retried.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -175,6 +176,18 @@ async def ensure(cmd: OvsBridgeEnsure, ctx: Context) -> dict[str, Any]:
     return {**bridge_view(bridge), "created": created, "changed": created}
 
 
+async def _removed(deletion: Awaitable[None], name: str) -> bool:
+    """Await an OVSDB delete of vnetd's row; False if it was gone already (a racing
+    delete won: the caller's answer is then "nothing to do"), other errors translated."""
+    try:
+        await deletion
+    except OvsError as exc:
+        if exc.reason is Reason.NOT_FOUND:
+            return False
+        raise translate(exc, name=name) from exc
+    return True
+
+
 async def delete(cmd: OvsBridgeDelete, ctx: Context) -> dict[str, Any]:
     backend = backend_of(ctx)
     bridge = (await state_of(ctx)).bridge(cmd.name)
@@ -182,12 +195,8 @@ async def delete(cmd: OvsBridgeDelete, ctx: Context) -> dict[str, Any]:
         return {"name": cmd.name, "deleted": False}
     _require_owned_bridge(bridge, "delete")
     ctx.policy.check_protected(cmd.name, "delete")
-    try:
-        await backend.delete_bridge(bridge.uuid, OWNER_IDS)
-    except OvsError as exc:
-        if exc.reason is Reason.NOT_FOUND:
-            return {"name": cmd.name, "deleted": False}
-        raise translate(exc, name=cmd.name) from exc
+    if not await _removed(backend.delete_bridge(bridge.uuid, OWNER_IDS), cmd.name):
+        return {"name": cmd.name, "deleted": False}
     return {"name": cmd.name, "deleted": True,
             "detached_ports": [p.name for p in bridge.guest_ports()]}
 
@@ -262,10 +271,6 @@ async def detach(cmd: OvsPortDetach, ctx: Context) -> dict[str, Any]:
         raise Forbidden(f"OVS port {cmd.name} was not added by vnetd; vnetd will not detach it",
                         name=cmd.name, bridge=port.bridge)
     ctx.policy.check_protected(cmd.name, "detach")
-    try:
-        await backend.delete_port(port.uuid, OWNER_IDS)
-    except OvsError as exc:
-        if exc.reason is Reason.NOT_FOUND:
-            return {"name": cmd.name, "detached": False}
-        raise translate(exc, name=cmd.name) from exc
+    if not await _removed(backend.delete_port(port.uuid, OWNER_IDS), cmd.name):
+        return {"name": cmd.name, "detached": False}
     return {"name": cmd.name, "detached": True, "bridge": port.bridge}

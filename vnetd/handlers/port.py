@@ -9,13 +9,19 @@ from vnetd.contract.errors import Conflict, Forbidden
 from vnetd.handlers.context import Context
 from vnetd.handlers.policy import require_kind, require_link
 from vnetd.handlers.views import link_view
-from vnetd.net.model import LinkChange
+from vnetd.net.model import Link, LinkChange
+
+
+async def owned_bridge(ctx: Context, name: str) -> Link:
+    """The existing, vnetd-owned Linux bridge `name` that a port may join (else the error)."""
+    bridge = require_link(await ctx.net.get_link(name), name, "bridge")
+    require_kind(bridge, "bridge")
+    ctx.policy.require_owned(bridge, "attach ports to")
+    return bridge
 
 
 async def attach(cmd: PortAttach, ctx: Context) -> dict[str, Any]:
-    bridge = require_link(await ctx.net.get_link(cmd.bridge), cmd.bridge, "bridge")
-    require_kind(bridge, "bridge")
-    ctx.policy.require_owned(bridge, "attach ports to")
+    bridge = await owned_bridge(ctx, cmd.bridge)
     port = require_link(await ctx.net.get_link(cmd.name), cmd.name)
     ctx.policy.require_may_attach(port)
     if port.kind == "bridge":

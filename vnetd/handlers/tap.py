@@ -9,6 +9,7 @@ from vnetd.contract.errors import Conflict, Forbidden
 from vnetd.handlers.context import Context
 from vnetd.handlers.overlay_mtu import check_overlay_mtu
 from vnetd.handlers.policy import require_kind, require_link
+from vnetd.handlers.port import owned_bridge
 from vnetd.handlers.views import view_of
 from vnetd.net.model import Link, LinkChange, TapSpec
 
@@ -30,18 +31,10 @@ def _check_fixed_flags(cmd: TapEnsure, link: Link) -> None:
                            name=cmd.name, field=field, current=have, wanted=wanted)
 
 
-async def _target_bridge(cmd: TapEnsure, ctx: Context) -> Link | None:
-    if cmd.bridge is None:
-        return None
-    bridge = require_link(await ctx.net.get_link(cmd.bridge), cmd.bridge, "bridge")
-    require_kind(bridge, "bridge")
-    ctx.policy.require_owned(bridge, "attach ports to")
-    return bridge
-
-
 async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
     ctx.policy.check_protected(cmd.name, "create or change")
-    bridge = await _target_bridge(cmd, ctx)  # checked before any side effect
+    # checked before any side effect
+    bridge = None if cmd.bridge is None else await owned_bridge(ctx, cmd.bridge)
     if bridge is not None and cmd.mtu is not None:
         await check_overlay_mtu(ctx, bridge, cmd.mtu, f"tap {cmd.name}")
     link = await ctx.net.get_link(cmd.name)

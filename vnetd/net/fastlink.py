@@ -239,9 +239,6 @@ class FastLink:
     async def set_group(self, index: int, group: int) -> None:
         await self.request(RTM_NEWLINK, NLM_F_ACK, rtnl.group_body(index, group))
 
-    async def delete_group(self, group: int) -> None:
-        await self.request(RTM_DELLINK, NLM_F_ACK, rtnl.delete_group_body(group))
-
 
 def _one_link(links: list[Link] | None) -> Link:
     if not links:  # a GET answered by an ack alone: the kernel never does that

@@ -148,10 +148,6 @@ class IdlBackend:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    @property
-    def thread_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")

@@ -45,6 +45,10 @@ from vnetd.watchers.ovs import OvsWatcher
 
 log = structlog.get_logger("vnetd")
 
+ABANDON_TIMEOUT = 5.0
+"""After a drain timeout: how long the cancelled jobs may take to end (a batch lets
+the commands it has started finish)."""
+
 
 @dataclass
 class Runtime:
@@ -249,5 +253,9 @@ class Daemon:
             left = await self.consumer.drain(self.settings.amqp.drain_timeout_seconds)
             if left:
                 log.warning("drain_timeout", left_for_redelivery=left)
+                # Ended here, unacked (redelivered), not by the connection's close.
+                still = await self.consumer.abandon(ABANDON_TIMEOUT)
+                if still:
+                    log.warning("jobs_not_ended", left=still)
             self.consumer.quarantine.close_clean()
         log.info("stopped")
