@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import difflib
 import json
+import logging
 import os
 import re
 import socket
@@ -33,6 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
+import structlog
 from aio_pika.exceptions import AMQPConnectionError
 
 from vnetd import __version__
@@ -432,7 +434,16 @@ def _status(ns: argparse.Namespace, replies: list[Reply]) -> int:
     return exits.worst(0 if x.ok else exits.for_error(x.error_code) for x in replies)
 
 
+def _quiet_library_logs() -> None:
+    """stdout carries only the command's output (JSON, tables, DOT): the library's own
+    structured logs (a broker connect, a reconnect) go to stderr, warnings and worse."""
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_library_logs()
     parser = build_parser()
     try:
         ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
