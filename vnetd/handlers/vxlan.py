@@ -10,18 +10,14 @@ from vnetd.contract.overlay import VxlanDelete, VxlanEnsure
 from vnetd.handlers.context import Context
 from vnetd.handlers.overlay_views import vxlan_view
 from vnetd.handlers.policy import require_kind, require_link
+from vnetd.handlers.port import owned_bridge
 from vnetd.handlers.views import view_of
 from vnetd.net.model import Link, LinkChange
 from vnetd.net.overlay import VxlanInfo, VxlanSpec, overhead
 
 
 async def _bridge(cmd: VxlanEnsure, ctx: Context) -> Link | None:
-    if cmd.bridge is None:
-        return None
-    bridge = require_link(await ctx.net.get_link(cmd.bridge), cmd.bridge, "bridge")
-    require_kind(bridge, "bridge")
-    ctx.policy.require_owned(bridge, "attach ports to")
-    return bridge
+    return None if cmd.bridge is None else await owned_bridge(ctx, cmd.bridge)
 
 
 async def underlay_of(ctx: Context, local: str, dev: str | None) -> Link:
