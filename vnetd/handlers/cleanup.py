@@ -288,18 +288,11 @@ class Sweeper:
             grace = self._grace(rule)
             entry: dict[str, Any] = {"kind": link.kind, "name": link.name, "rule": rule,
                                      "idle_seconds": round(idle, 3), "grace_seconds": grace}
-            held = self.leases.held_for(link.name, self.rules.lease_seconds)
-            if held > 0:
-                report.add(entry, "kept", f"leased by a job for {held:.1f}s more")
-            elif idle < grace:
-                report.add(entry, "kept", f"idle {idle:.1f}s of {grace:g}s grace")
-            elif refs is None:
-                report.add(entry, "kept", f"libvirt references unknown: {refs_problem}")
-            elif link.name in refs:
-                report.add(entry, "kept", f"referenced by libvirt {refs[link.name]}")
-            else:
+            reason = self._kept_because(link.name, idle, grace, refs, refs_problem)
+            if reason is None:
                 due.append(_Candidate(link, rule, entry))
                 continue
+            report.add(entry, "kept", reason)
             if not stored and rule != HALF_CREATED_RULE:  # never write to an unfinished one
                 clocks.append((link, since))
         self._seen = seen
@@ -358,14 +351,22 @@ class Sweeper:
         log.info("cleanup_removed", kind=link.kind, interface=link.name, rule=cand.rule,
                  idle_seconds=entry["idle_seconds"])
 
+    def _kept_because(self, name: str, idle: float, grace: float,
+                      refs: dict[str, str] | None, refs_problem: str | None) -> str | None:
+        """Why an orphan candidate is kept at the first check; None: it is due."""
+        held = self.leases.held_for(name, self.rules.lease_seconds)
+        if held > 0:
+            return f"leased by a job for {held:.1f}s more"
+        if idle < grace:
+            return f"idle {idle:.1f}s of {grace:g}s grace"
+        return _referenced(name, refs, refs_problem)
+
     async def _recheck(self, cand: _Candidate, refs: dict[str, str] | None,
                        refs_problem: str | None) -> str | None:
         """Why the device must be kept after all, read again under its lock; None: remove."""
         link = cand.link
-        if refs is None:
-            return f"libvirt references unknown: {refs_problem}"
-        if link.name in refs:
-            return f"referenced by libvirt {refs[link.name]}"
+        if (reason := _referenced(link.name, refs, refs_problem)) is not None:
+            return reason
         now_ = await self.net.get_link(link.name)
         if now_ is None or now_.index != link.index:
             return "replaced or gone since the first check"
@@ -469,15 +470,9 @@ class Sweeper:
             entry: dict[str, Any] = {"kind": "ovs_bridge", "name": br.name,
                                      "rule": OVS_BRIDGE_RULE, "idle_seconds": round(idle, 3),
                                      "grace_seconds": grace}
-            held = self.leases.held_for(br.name, self.rules.lease_seconds)
-            if held > 0:
-                report.add(entry, "kept", f"leased by a job for {held:.1f}s more")
-            elif idle < grace:
-                report.add(entry, "kept", f"idle {idle:.1f}s of {grace:g}s grace")
-            elif refs is None:
-                report.add(entry, "kept", f"libvirt references unknown: {refs_problem}")
-            elif br.name in refs:
-                report.add(entry, "kept", f"referenced by libvirt {refs[br.name]}")
+            reason = self._kept_because(br.name, idle, grace, refs, refs_problem)
+            if reason is not None:
+                report.add(entry, "kept", reason)
             elif report.dry_run:
                 report.add(entry, "would_remove")
             else:
@@ -487,7 +482,7 @@ class Sweeper:
     async def _remove_ovs_bridge(self, backend: OvsBackend, br: OvsBridge,
                                  entry: dict[str, Any], report: Report) -> None:
         """Re-check under the bridge's lock (the one ovs.* jobs take), then delete that row."""
-        async with self.locks.hold((f"link:{br.name}",)):
+        async with self.locks.hold((link_lock(br.name),)):
             reason: str | None = None
             try:
                 now_ = (await backend.snapshot()).bridge(br.name)
@@ -523,3 +518,11 @@ async def run(cmd: CleanupRun, ctx: Context) -> dict[str, Any]:
         raise Unavailable("cleanup is not set up in this daemon")
     return await ctx.cleanup.sweep(cmd.dry_run)
 
+
+def _referenced(name: str, refs: dict[str, str] | None, refs_problem: str | None) -> str | None:
+    """Why libvirt's references keep `name` (unknown references keep everything)."""
+    if refs is None:
+        return f"libvirt references unknown: {refs_problem}"
+    if name in refs:
+        return f"referenced by libvirt {refs[name]}"
+    return None
