@@ -10,13 +10,16 @@ share the namespace's epmd, which broker.sh stops with the last node).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,3 +199,40 @@ class Load:
 def p99(values: list[float]) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(len(s) * 0.99))]
+
+
+@contextlib.contextmanager
+def frozen(node: LabBroker) -> Iterator[None]:
+    """The node's Erlang VM stopped (SIGSTOP) inside the block, resumed after.
+
+    A frozen node is not seen as down (its connections stay open) but takes
+    part in nothing: with another node killed, a 3-node cluster's quorum
+    queues can then elect no leader until the block ends."""
+    pid = int((node.base / "rabbit.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_queue_online(cluster: Cluster, queue: str, timeout: float = 60.0) -> None:
+    """Until every member of a quorum queue is online again (after a node's restart).
+
+    Killing a second node before the first one's member is back would leave
+    the queue without a quorum: a 3-node cluster tolerates one loss at a time,
+    which is what a kill round measures."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = cluster.ctl("list_queues", "-q", "--no-table-headers", "name", "members", "online")
+        for line in out.splitlines():
+            name, _, rest = line.partition("\t")
+            if name == queue:
+                members_s, _, online_s = rest.partition("\t")
+                members = set(re.findall(r"[\w.\-]+@[\w.\-]+", members_s))
+                online = set(re.findall(r"[\w.\-]+@[\w.\-]+", online_s))
+                if members and members <= online:
+                    return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"members of {queue} not all online:\n{out}")
+        time.sleep(0.5)
