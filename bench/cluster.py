@@ -36,7 +36,7 @@ from tests.support.cluster import (
     p99,
     remove_cluster,
     start_cluster,
-    wait_queue_online,
+    wait_member_online,
 )
 from tests.support.daemon import DaemonProcess
 from tests.support.env import REPO_ROOT
@@ -214,7 +214,7 @@ async def kill_rounds(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Cl
                 out.append(row)
                 await _clear(client, d, load.names)
             await cluster.arestart(victim)
-            await asyncio.to_thread(wait_queue_online, cluster, queue)
+            await asyncio.to_thread(wait_member_online, cluster, victim, [queue])
     finally:
         await d.stop()
     return out
