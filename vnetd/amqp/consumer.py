@@ -22,7 +22,7 @@ from vnetd.amqp.outcome import Action, Delivery, Outcome, failure, success
 from vnetd.amqp.quarantine import Quarantine, job_key
 from vnetd.amqp.retry import RetryPolicy, delivery_of
 from vnetd.contract.base import Command
-from vnetd.contract.commands import OPS, parse_request
+from vnetd.contract.commands import OPS, parse_args, parse_request
 from vnetd.contract.errors import Forbidden, Internal, InvalidArgument, VnetdError
 
 log = structlog.get_logger("vnetd.jobs")
@@ -186,11 +186,11 @@ class JobConsumer:
         finished: list[Outcome] = []
         try:
             async with self.quarantine.running(key):
-                decoded = self._decode(message)
+                op, decoded = self._decode(message)
                 if isinstance(decoded, Outcome):
-                    op, outcome = _op_label(message.body), decoded
+                    outcome = decoded
                 else:
-                    cmd, op = decoded, decoded.op
+                    cmd = decoded
                     outcome = await self._run(cmd, delivery, finished)
                 failpoints.hit("after_effect", op)
                 if outcome.action is not Action.RETRY:  # a retried job is answered once, later
@@ -252,24 +252,31 @@ class JobConsumer:
         return failure(Internal(f"{cmd.op} failed unexpectedly: {type(exc).__name__}",
                                 op=cmd.op))
 
-    def _decode(self, message: AbstractIncomingMessage) -> Command | Outcome:
-        """The validated command, or the outcome of a request that is not one."""
+    def _decode(self, message: AbstractIncomingMessage) -> tuple[str, Command | Outcome]:
+        """The op's metric label and the validated command, or the outcome of a request
+        that is not one. The body is parsed once (the label of a rejected request used
+        to parse it a second time)."""
         if len(message.body) > MAX_BODY_BYTES:
-            return failure(InvalidArgument(
+            return "invalid", failure(InvalidArgument(
                 f"request body is {len(message.body)} bytes; the limit is {MAX_BODY_BYTES}"),
                 malformed=True)
         try:
             body = orjson.loads(message.body)
         except orjson.JSONDecodeError as exc:
-            return failure(InvalidArgument(f"request body is not valid JSON: {exc}"),
-                           malformed=True)
+            return "invalid", failure(InvalidArgument(f"request body is not valid JSON: {exc}"),
+                                      malformed=True)
         if not isinstance(body, dict):
-            return failure(InvalidArgument(
+            return "invalid", failure(InvalidArgument(
                 f"request body must be a JSON object, got {type(body).__name__}"), malformed=True)
+        op = body.get("op")
         try:
-            return parse_request(body)
+            args = _plain_envelope(body, op)
+            # A plain envelope's checks are done: its args go straight to their model
+            # (validating the envelope with pydantic too cost a second validation).
+            cmd = parse_request(body) if args is None else parse_args(cast(str, op), args)
         except InvalidArgument as exc:
-            return failure(exc)
+            return (op if isinstance(op, str) and op in OPS else "invalid"), failure(exc)
+        return cmd.op, cmd
 
     def _box(self, message: AbstractIncomingMessage) -> Outbox:
         """The outbox of the channel `message` came on (its delivery tag means nothing
@@ -344,6 +351,20 @@ def _tag_of(message: AbstractIncomingMessage) -> int:
     if tag is None:  # only messages from basic.get lack one; consumed ones have it
         raise Internal("a consumed message without a delivery tag")
     return tag
+
+
+def _plain_envelope(body: dict[str, Any], op: object) -> dict[str, Any] | None:
+    """The args of a body that Envelope (strict, extra forbidden) accepts as it is: `op`
+    a string of 1 to 64 characters, `args` an object or absent, nothing else. None for
+    anything else, which parse_request then validates (and explains)."""
+    args = body.get("args", _NO_ARGS)
+    if (type(op) is not str or not 0 < len(op) <= 64 or type(args) is not dict
+            or len(body) != (1 if args is _NO_ARGS else 2)):
+        return None
+    return {} if args is _NO_ARGS else args
+
+
+_NO_ARGS: dict[str, Any] = {}
 
 
 def _op_label(body: bytes) -> str:
