@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cleanup":
         return _cleanup(settings, args)
     from vnetd.amqp.tls import BrokerTlsError
-    from vnetd.service.daemon import run
+    from vnetd.service.daemon import Daemon
     from vnetd.service.logging import setup_logging
     setup_logging(settings.log)
     try:
-        run(settings)
+        asyncio.run(Daemon(settings).run())
     except BrokerTlsError as exc:  # retrying cannot fix it: a configuration error
         print(f"vnetd: {exc}", file=sys.stderr)
         return EX_CONFIG

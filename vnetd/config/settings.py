@@ -171,9 +171,6 @@ class Settings(BaseSettings):
     cleanup: CleanupSettings = CleanupSettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
-    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
-        default="asyncio", description="The daemon's event loop: asyncio's own, uvloop, or "
-        "auto (uvloop when it is installed, else asyncio's)")
 
     @field_validator("netlink", mode="after")
     @classmethod

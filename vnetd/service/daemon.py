@@ -45,25 +45,6 @@ from vnetd.watchers.ovs import OvsWatcher
 
 log = structlog.get_logger("vnetd")
 
-def run(settings: Settings) -> None:
-    """Run the daemon to its end on the event loop `settings.event_loop` names."""
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(Daemon(settings).run())
-
-
-def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop for "uvloop" (and "auto" when it is installed); None: asyncio's."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            log.warning("uvloop_unavailable", fallback="asyncio")
-        return None
-    return uvloop.new_event_loop
-
-
 ABANDON_TIMEOUT = 5.0
 """After a drain timeout: how long the cancelled jobs may take to end (a batch lets
 the commands it has started finish)."""
