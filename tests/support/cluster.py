@@ -17,8 +17,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -389,3 +391,19 @@ class BroadcastClient(VnetClient):
             return BroadcastResult(first, at, copies, resends, max(at.values()), started)
         finally:
             self._waiting.pop(correlation_id, None)
+
+
+@contextlib.contextmanager
+def frozen(node: LabBroker) -> Iterator[None]:
+    """The node's Erlang VM stopped (SIGSTOP) inside the block, resumed after.
+
+    A frozen node is not seen as down (its connections stay open) but takes
+    part in nothing: with another node killed, a 3-node cluster's quorum
+    queues can then elect no leader until the block ends."""
+    pid = int((node.base / "rabbit.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
