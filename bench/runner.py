@@ -25,6 +25,7 @@ from bench import events, scale, ways
 from bench import libvirt as lv_bench
 from bench.client import LeanRpc
 from bench.lab import log, run
+from bench.lean_amqp import LeanSubscriber
 from bench.ways import Run
 from tests.support.daemon import DaemonProcess
 from tests.support.env import REPO_ROOT
@@ -98,6 +99,8 @@ class Results:
     client_check: dict[str, Any] = field(default_factory=dict)
     publisher: list[dict[str, Any]] = field(default_factory=list)
     """bench/publisher.py runs: the event publisher alone."""
+    events_ceiling: dict[str, Any] = field(default_factory=dict)
+    """The broker's ceiling for the events' message size, and the second-subscriber check."""
     """The no-op responder driven by one client process and by two (see client_check)."""
 
 
@@ -509,7 +512,8 @@ async def events_scenario(env: Env, plan: Plan, res: Results) -> None:
                 env, ns_b, "events-before", {"PYTHONPATH": str(before_dir)},
                 minimal_config=True)))
         await asyncio.sleep(1.0)  # the watchers' first sync
-        subs = [events.Subscriber(env.amqp_url, d.host_id) for _, d in daemons]
+        broker = events.broker_pid(env.workdir)
+        subs = [LeanSubscriber(env.amqp_url, d.host_id) for _, d in daemons]
         for sub in subs:
             await sub.__aenter__()
         try:
@@ -520,10 +524,13 @@ async def events_scenario(env: Env, plan: Plan, res: Results) -> None:
                 for k in order:
                     label, d = daemons[k]
                     row = await events.measure_one(d, env.amqp_url, rate,
-                                                   plan.event_seconds, subs[k])
+                                                   plan.event_seconds, subs[k], broker)
                     row["vnetd"] = label
                     res.events.append(row)
                     log(f"events: {row}")
+            res.events_ceiling = await events.checks(daemons[0][1], env.amqp_url, broker,
+                                                     plan.event_seconds, subs[0])
+            log(f"events ceiling: {res.events_ceiling}")
         finally:
             for sub in subs:
                 await sub.__aexit__(None, None, None)

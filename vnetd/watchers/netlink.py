@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -91,8 +92,14 @@ def address_data(addr: Address, interface: str | None) -> dict[str, Any]:
     }
 
 
+_TRACKED_VALUES = operator.attrgetter(*(attr for attr, _ in TRACKED))
+_TRACKED_KEYS = tuple(key for _, key in TRACKED)
+
+
 def link_changes(before: Link, after: Link) -> list[str]:
-    changes = [key for attr, key in TRACKED if getattr(before, attr) != getattr(after, attr)]
+    old, new = _TRACKED_VALUES(before), _TRACKED_VALUES(after)
+    changes = [] if old == new else [
+        key for key, a, b in zip(_TRACKED_KEYS, old, new, strict=True) if a != b]
     if before.owned != after.owned:
         changes.append("owned")
     return changes
@@ -297,8 +304,13 @@ class NetlinkWatcher:
         link = msg.link
         idx = link.index
         before = self.links.get(idx)
+        if before is link and not msg.deleted:
+            return  # the decoder's answer to a repeat of the last state (net/linkcache.py)
         if before is not None and before.owned:
             self._owned[before.kind] -= 1
+        # Inside a batch (feed_batch) only the view changes: the batch's diff makes the
+        # events, so building them here would be thrown away.
+        quiet = self.sink is _QUIET
         if msg.deleted:
             if before is None:
                 return
@@ -306,12 +318,17 @@ class NetlinkWatcher:
             names = {idx: before.name}
             for key in [k for k in self.addrs if k[0] == idx]:
                 gone = self.addrs.pop(key)
-                self.sink.emit("address.removed", before.name, address_data(gone, before.name))
-            self.sink.emit("link.removed", before.name, self._view(before, names))
+                if not quiet:
+                    self.sink.emit("address.removed", before.name,
+                                   address_data(gone, before.name))
+            if not quiet:
+                self.sink.emit("link.removed", before.name, self._view(before, names))
             return
         self.links[idx] = link
         if link.owned:
             self._owned[link.kind] += 1
+        if quiet:
+            return
         if before is None:
             self.sink.emit("link.added", link.name, self._view(link, _NO_NAMES))
             return
@@ -320,13 +337,16 @@ class NetlinkWatcher:
     def _apply_addr(self, msg: AddressEvent) -> None:
         addr = msg.address
         key = addr.key
+        quiet = self.sink is _QUIET
         if msg.deleted:
-            if self.addrs.pop(key, None) is None:
+            if self.addrs.pop(key, None) is None or quiet:
                 return
             name = self._name(addr.index, _NO_NAMES)
             self.sink.emit("address.removed", name, address_data(addr, name))
         elif addr.index in self.links and key not in self.addrs:
             self.addrs[key] = addr
+            if quiet:
+                return
             name = self._name(addr.index, _NO_NAMES)
             self.sink.emit("address.added", name, address_data(addr, name))
         elif addr.index in self.links:
