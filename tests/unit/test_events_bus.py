@@ -195,3 +195,12 @@ def test_the_streams_encoder_makes_the_same_bodies_as_encode() -> None:
             ev = cloudevents.Event(seq, "link.changed", subject, {"mtu": seq}, when)
             mid = cloudevents.event_id("1733100000000000-42", seq)
             assert enc.encode(ev, mid) == cloudevents.encode(ev, "hv1", "1733100000000000-42")
+
+
+def test_the_buffered_gauge_is_read_when_scraped() -> None:
+    bus = EventBus("hv1", 100, epoch="e1")
+    for i in range(4):
+        bus.emit("x", None, {"i": i})
+    assert metrics.REGISTRY.get_sample_value("vnetd_events_buffered") == 4
+    bus.confirmed(len(bus.take(3)))
+    assert metrics.REGISTRY.get_sample_value("vnetd_events_buffered") == 1
