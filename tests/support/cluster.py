@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -217,6 +218,12 @@ def queue_online(cluster: Cluster, queue: str) -> tuple[list[str], list[str]]:
     raise LookupError(f"queue {queue} not found in:\n{out}")
 
 
+def leaders(cluster: Cluster) -> dict[str, str]:
+    """Every queue's leader node (quorum queues; a classic queue's node)."""
+    out = cluster.ctl("list_queues", "-q", "--no-table-headers", "name", "leader")
+    return dict(line.split("\t")[:2] for line in out.splitlines() if line.count("\t") >= 1)
+
+
 def wait_member_online(cluster: Cluster, node: LabBroker, queues: list[str],
                        timeout: float = 60.0) -> None:
     """Until `node` is a member of every queue and online in it (its Raft member runs)."""
@@ -389,3 +396,35 @@ class BroadcastClient(VnetClient):
             return BroadcastResult(first, at, copies, resends, max(at.values()), started)
         finally:
             self._waiting.pop(correlation_id, None)
+
+
+def beam_pids(node: LabBroker) -> list[int]:
+    """The node's beam.smp processes (found as scripts/broker.sh finds them: by the
+    private `-home` directory on their command line)."""
+    marker = f"-home {node.base}/home ".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "beam.smp":
+                continue
+            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+async def kill_now(node: LabBroker) -> float:
+    """SIGKILL the node at once (broker.sh kill takes about 2 s here to find the
+    process: too late to land inside a broadcast that lasts 0.2 s), then let
+    broker.sh tidy up (pid file, epmd). Returns when the signal was sent."""
+    pids = await asyncio.to_thread(beam_pids, node)
+    if not pids:
+        raise RuntimeError(f"no beam.smp found for {node.node}")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    sent = time.monotonic()
+    await node.akill()
+    return sent
