@@ -30,7 +30,14 @@ from typing import Any
 from bench import lab as lab_mod
 from tests.integration.events_subscriber import Subscriber
 from tests.support import netns as nsmod
-from tests.support.cluster import Cluster, Load, p99, remove_cluster, start_cluster
+from tests.support.cluster import (
+    Cluster,
+    Load,
+    p99,
+    remove_cluster,
+    start_cluster,
+    wait_member_online,
+)
 from tests.support.daemon import DaemonProcess
 from tests.support.env import REPO_ROOT
 from vnetd.amqp import topology
@@ -96,6 +103,55 @@ async def throughput(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Clu
             "median_cluster": med["cluster"], "ratio": med["cluster"] / med["single"]}
 
 
+def args_evidence(r: int) -> Path:
+    return OUT / "cluster-evidence" / f"round-{r}.txt"
+
+
+STALL_SECONDS = 10.0
+
+
+async def _watch_stall(cluster: Cluster, victim: Any, d: DaemonProcess, client: VnetClient,
+                       load: Load, queue: str, path: Path) -> None:
+    """When no reply has come for STALL_SECONDS after the kill: write down what the
+    surviving nodes, the daemon and the client see (once, and again 20 s later)."""
+    last_count, last_change = len(load.replies), time.monotonic()
+    shots = 0
+    while shots < 2:
+        await asyncio.sleep(1.0)
+        if len(load.replies) != last_count:
+            last_count, last_change = len(load.replies), time.monotonic()
+            continue
+        if time.monotonic() - last_change < STALL_SECONDS * (1 + 2 * shots):
+            continue
+        shots += 1
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parts = [f"== stall {shots}: no reply for {time.monotonic() - last_change:.1f}s, "
+                 f"{len(load.replies)}/{len(load.names)} answered; victim {victim.node}; "
+                 f"client node {client.node}, client pending {len(client._waiting)}"]
+        for n in cluster.nodes:
+            if n is victim:
+                continue
+            for args in (("list_queues", "name", "messages", "messages_ready",
+                          "messages_unacknowledged", "consumers", "leader", "members",
+                          "online", "state"),
+                         ("list_consumers", "queue_name", "channel_pid", "consumer_tag",
+                          "ack_required", "prefetch_count", "active", "activity_status"),
+                         ("list_connections", "name", "user", "state", "channels",
+                          "client_properties"),
+                         ("list_channels", "name", "connection", "number", "consumer_count",
+                          "messages_unacknowledged", "messages_unconfirmed", "prefetch_count"),
+                         ("eval", f'rabbit_quorum_queue:status(<<"/">>, <<"{queue}">>).')):
+                try:
+                    out = await asyncio.to_thread(n.ctl, *args, timeout=30)
+                except Exception as exc:  # evidence, not a check
+                    out = f"failed: {exc}"
+                parts.append(f"--- {n.node}: rabbitmqctl {' '.join(args[:1])}\n{out}")
+        parts.append("--- daemon log tail\n" + d.log_tail(120))
+        with path.open("a") as f:
+            f.write("\n".join(parts) + "\n")
+        log(f"stall evidence written to {path}")
+
+
 async def kill_rounds(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Cluster,
                       rounds: int, jobs: int) -> list[dict[str, Any]]:
     netns = subs.new()
@@ -111,7 +167,7 @@ async def kill_rounds(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Cl
                 connected = cluster.node_at(health["broker_node"])
                 leader = cluster.by_name(cluster.leader(queue))
                 victim = connected if kind == "connected" else leader
-                if kind == "leader" and victim is connected:
+                if connected is leader:  # one node is both: neither figure alone
                     kind = "leader+connected"
                 survivor = next(n for n in cluster.nodes if n is not victim)
                 snap = await client.call(d.host_id, "host.snapshot", timeout=60)
@@ -125,7 +181,12 @@ async def kill_rounds(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Cl
                         await asyncio.sleep(0.01)
                     killed_at = time.monotonic()
                     await victim.akill()
+                    watch = asyncio.create_task(_watch_stall(
+                        cluster, victim, d, client, load, queue, args_evidence(r)))
                     await asyncio.wait_for(runner, 300)
+                    watch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watch
                     await sub.quiet(1.0, timeout=60)
                     seqs = sorted({x.seq for x in sub.received if x.event.get("epoch") == epoch})
                     announced = {s for x in sub.received if x.type == "host.resync"
@@ -147,11 +208,13 @@ async def kill_rounds(lab: lab_mod.Lab, subs: lab_mod.SubNamespaces, cluster: Cl
                        "p99_s": p99(list(load.latency.values())),
                        "lost": len(lost), "not_ok": sum(not x.ok for x in load.replies.values()),
                        "duplicated_effects": len(twice), "half_done": len(half),
-                       "silent_gaps": len(gaps), "unanswered": stalled}
+                       "silent_gaps": len(gaps), "unanswered": stalled,
+                       "publisher_renewals": client.publisher_renewals}
                 log(f"round {r}: {row}")
                 out.append(row)
                 await _clear(client, d, load.names)
             await cluster.arestart(victim)
+            await asyncio.to_thread(wait_member_online, cluster, victim, [queue])
     finally:
         await d.stop()
     return out
@@ -164,7 +227,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cluster = await asyncio.to_thread(start_cluster, lab.netns, lab.dir, lab.suffix)
     log(f"cluster up in {time.monotonic() - t0:.1f}s")
     try:
-        tp = await throughput(lab, subs, cluster, args.jobs)
+        tp = await throughput(lab, subs, cluster, args.jobs) if args.throughput else None
         rounds = await kill_rounds(lab, subs, cluster, args.rounds, args.jobs)
     finally:
         await asyncio.to_thread(remove_cluster, cluster)
@@ -205,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--jobs", type=int, default=500)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--no-throughput", dest="throughput", action="store_false",
+                   help="kill rounds only (to chase a stall)")
     args = p.parse_args(argv)
     if not lab_mod.in_lab():
         with lab_mod.private_lab() as (netns, env):
@@ -213,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.run(cmd, env={**os.environ, **env}, cwd=REPO_ROOT,
                                   check=False).returncode
     result = asyncio.run(run(args))
+    if result["throughput"] is None:
+        sys.stdout.write(json.dumps(result["rounds"], indent=1) + "\n")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cluster.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)

@@ -11,6 +11,17 @@ under the same name. A reply that was on its way during a failover is lost with
 the old queue: `call(..., resend_every=S)` sends the job again, with the same
 message_id (the daemon answers a resent message_id from its dedupe cache
 without redoing the work) and the same correlation id, until one reply arrives.
+
+Jobs are published on a channel of their own, and a publish the broker nacks
+replaces that channel. Seen in bench/cluster.py's kill rounds on RabbitMQ
+3.10: a channel whose first publish to a quorum queue comes while the queue's
+record still names a dead node as leader (the minute around a leader loss)
+has that node first in its per-channel server list, asks it for the queue's
+version, gets `badrpc nodedown` and nacks the publish; it never looks again
+(rabbit_fifo_client keeps that state for the channel's life), so every
+resend on that channel is nacked until the dead node returns. A new channel
+reads the queue's record afresh, which names the new leader once one is
+elected.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from yarl import URL
 from vnetd.amqp.connection import address_of, connect_cluster
 
 COMMANDS_EXCHANGE = "vnetd.commands"
+RENEW_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,12 @@ class VnetClient:
         self._connection: Connection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._publisher: AbstractChannel | None = None
+        self._publisher_generation = 0
+        self._publisher_renewed_at = 0.0
+        self._renewal: asyncio.Task[None] | None = None
+        self.publisher_renewals = 0
+        """How many times a nacked publish replaced the publishing channel."""
         self._queue: AbstractQueue | None = None
         self._waiting: dict[str, tuple[asyncio.Future[Reply] | None, list[Reply]]] = {}
 
@@ -82,10 +100,40 @@ class VnetClient:
             self.urls, reconnect_interval=self.reconnect_interval, name="vnetd-client",
             ssl_context=self.ssl_context)
         self._channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange = await self._channel.declare_exchange(
-            COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
         self._queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
         await self._queue.consume(self._on_reply, no_ack=True)
+        await self._open_publisher()
+
+    async def _open_publisher(self) -> None:
+        """The channel jobs are published on (its confirms say the job is queued)."""
+        if self._connection is None:
+            raise RuntimeError("VnetClient: call connect() first")
+        channel = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await channel.declare_exchange(
+            COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+        self._publisher = channel
+        self._publisher_generation += 1
+
+    async def _renew_publisher(self, generation: int) -> None:
+        """Replace the publishing channel after a nack on it (see the module's
+        docstring); once for all the calls nacked on that channel, and at most
+        every RENEW_INTERVAL: right after a leader loss a new channel can still
+        be given the dead node, until the election is over."""
+        if generation != self._publisher_generation:
+            return  # a nack of a channel already replaced
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._publisher_renewed_at + RENEW_INTERVAL - loop.time()))
+        old = self._publisher
+        try:
+            await self._open_publisher()
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
+            return  # the connection is away: its own reconnect comes first
+        finally:
+            self._publisher_renewed_at = loop.time()
+        self.publisher_renewals += 1
+        if old is not None:
+            with contextlib.suppress(Exception):  # it is being dropped either way
+                await old.close()
 
     @property
     def node(self) -> str | None:
@@ -94,6 +142,10 @@ class VnetClient:
         return None if url is None else address_of(url)
 
     async def close(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -118,18 +170,27 @@ class VnetClient:
                        correlation_id: str, message_id: str | None) -> None:
         if self._exchange is None or self._queue is None:
             raise RuntimeError("VnetClient: call connect() first")
-        await self._exchange.publish(
-            aio_pika.Message(
-                orjson.dumps({"op": op, "args": args or {}}),
-                content_type="application/json",
-                correlation_id=correlation_id,
-                message_id=message_id or str(uuid.uuid4()),
-                reply_to=self._queue.name,
-                user_id=self.user_id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=routing_key,
-        )
+        generation = self._publisher_generation
+        try:
+            await self._exchange.publish(
+                aio_pika.Message(
+                    orjson.dumps({"op": op, "args": args or {}}),
+                    content_type="application/json",
+                    correlation_id=correlation_id,
+                    message_id=message_id or str(uuid.uuid4()),
+                    reply_to=self._queue.name,
+                    user_id=self.user_id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=routing_key,
+            )
+        except aio_pika.exceptions.DeliveryError:
+            # Nacked: not queued. The caller resends (same message_id); a new channel
+            # is opened meanwhile, in a task of its own: not cut short by a caller's
+            # timeout, and once for all the calls nacked on this channel.
+            if self._renewal is None or self._renewal.done():
+                self._renewal = asyncio.create_task(self._renew_publisher(generation))
+            raise
 
     async def call(self, host_id: str, op: str, args: dict[str, Any] | None = None, *,
                    timeout: float = 30.0, message_id: str | None = None,

@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration.events_subscriber import Subscriber
 from tests.support import netns as ns
-from tests.support.cluster import Cluster, Load, p99, remove_cluster, start_cluster
+from tests.support.cluster import Cluster, Load, frozen, p99, remove_cluster, start_cluster
 from tests.support.daemon import DaemonProcess
 from tests.support.env import Lab
 from vnetd.amqp import topology
@@ -62,11 +62,13 @@ async def cluster_daemon(lab: Lab, cluster: Cluster) -> AsyncIterator[DaemonFact
     """``await cluster_daemon(netns, host_id=None)``: a daemon given the three URLs."""
     made: list[DaemonProcess] = []
 
-    async def start(netns: str, host_id: str | None = None) -> DaemonProcess:
+    async def start(netns: str, host_id: str | None = None,
+                    urls: list[str] | None = None) -> DaemonProcess:
         host_id = host_id or DaemonProcess.new_host_id(lab.suffix)
-        d = DaemonProcess(host_id=host_id, amqp_url=cluster.urls[0], netns=netns,
+        urls = urls or cluster.urls
+        d = DaemonProcess(host_id=host_id, amqp_url=urls[0], netns=netns,
                           workdir=lab.dir / "daemons" / host_id,
-                          extra={"amqp": {"urls": cluster.urls}})
+                          extra={"amqp": {"urls": urls}})
         made.append(d)
         return await d.start()
 
@@ -196,3 +198,45 @@ async def test_kill_the_queue_leader(cluster_up: Cluster, cluster_daemon: Daemon
     new_leader = cluster.leader(topology.host_queue_name(host_id))
     assert new_leader != leader
 
+
+
+async def test_a_job_nacked_while_the_leader_is_lost_is_queued_once_a_leader_is_back(
+        cluster_up: Cluster, cluster_daemon: DaemonFactory, netns: str) -> None:
+    """The stall of the kill rounds, made deterministic.
+
+    A channel's first publish to a quorum queue asks the node the queue's
+    record names as leader; while that node is dead (and no new leader is
+    elected yet) RabbitMQ 3.10 nacks the publish, and goes on nacking every
+    later publish on that channel even after a new leader is elected. Here the
+    leader (node 1) is killed while node 3 is frozen, so no leader can be
+    elected: the client's first job is nacked. Then node 3 resumes, node 2 or
+    3 becomes leader, and the job must be answered: the client resends it on
+    a new channel. (Before: resends on the old channel, all nacked, until the
+    call's timeout, and every job of the kill round behind it.)"""
+    cluster = cluster_up
+    host_id = DaemonProcess.new_host_id("nack")
+    queue = topology.host_queue_name(host_id)
+    conn = await aio_pika.connect(cluster.urls[0])
+    async with conn:
+        await topology.declare(await conn.channel(), host_id, 5, 3)
+    assert cluster.leader(queue) == cluster.nodes[0].node
+    d = await cluster_daemon(netns, host_id, urls=[cluster.urls[1]])
+    async with VnetClient([cluster.urls[1]]) as warm:
+        assert (await warm.call(host_id, "host.health", timeout=30)).ok
+    async with VnetClient([cluster.urls[1]]) as client:
+        # connected before the freeze (a new connection would wait for the frozen
+        # node's share of the reply queue's creation); nothing published yet
+        with frozen(cluster.nodes[2]):
+            await cluster.nodes[0].akill()
+            call = asyncio.create_task(client.call(
+                host_id, "bridge.ensure", {"name": "brn"}, timeout=60, resend_every=1))
+            await asyncio.sleep(4)
+            assert not call.done(), "answered with no leader to queue the job"
+        thawed = time.monotonic()
+        reply = await call
+        answered_in = time.monotonic() - thawed
+    assert reply.ok, reply
+    assert client.publisher_renewals >= 1, "the job was not nacked: the race was not set up"
+    assert cluster.leader(queue) != cluster.nodes[0].node
+    assert answered_in < 30, f"answered {answered_in:.1f}s after a leader could be elected"
+    assert d.running

@@ -20,6 +20,7 @@ import shutil
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,33 +399,27 @@ class BroadcastClient(VnetClient):
             self._waiting.pop(correlation_id, None)
 
 
-def beam_pids(node: LabBroker) -> list[int]:
-    """The node's beam.smp processes (found as scripts/broker.sh finds them: by the
-    private `-home` directory on their command line)."""
-    marker = f"-home {node.base}/home ".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != "beam.smp":
-                continue
-            if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
-                found.append(int(entry.name))
-        except OSError:
-            continue  # gone meanwhile
-    return found
+@contextlib.contextmanager
+def frozen(node: LabBroker) -> Iterator[None]:
+    """The node's Erlang VM stopped (SIGSTOP) inside the block, resumed after.
+
+    A frozen node is not seen as down (its connections stay open) but takes
+    part in nothing: with another node killed, a 3-node cluster's quorum
+    queues can then elect no leader until the block ends."""
+    pid = int((node.base / "rabbit.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 async def kill_now(node: LabBroker) -> float:
-    """SIGKILL the node at once (broker.sh kill takes about 2 s here to find the
-    process: too late to land inside a broadcast that lasts 0.2 s), then let
-    broker.sh tidy up (pid file, epmd). Returns when the signal was sent."""
-    pids = await asyncio.to_thread(beam_pids, node)
-    if not pids:
-        raise RuntimeError(f"no beam.smp found for {node.node}")
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    """SIGKILL the node's Erlang VM at once (broker.sh kill takes about 2 s here to
+    find the process: too late to land inside a broadcast that lasts 0.2 s), then
+    let broker.sh tidy up (pid file, epmd). Returns when the signal was sent."""
+    pid = int((node.base / "rabbit.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
     sent = time.monotonic()
     await node.akill()
     return sent
