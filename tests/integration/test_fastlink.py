@@ -77,9 +77,9 @@ async def test_errors_keep_their_contract_meaning(netns: str) -> None:
         await net.add_bridge("ebr", 1400, "02:00:00:00:00:01", BridgeOptions(stp=False))
         with pytest.raises(Conflict):
             await net.add_bridge("ebr", None, None, BridgeOptions())
-        await net.add_tap(TapSpec(name="etap"))
+        await net.add_tap(TapSpec(name="etap"), LinkChange())
         with pytest.raises(Conflict):  # IFF_TUN_EXCL: an existing name is never adopted
-            await net.add_tap(TapSpec(name="etap"))
+            await net.add_tap(TapSpec(name="etap"), LinkChange())
         br = await net.get_link("ebr")
         assert br is not None and br.mac == "02:00:00:00:00:01"
         tap = await net.get_link("etap")
@@ -98,7 +98,7 @@ async def test_taps_land_in_the_target_namespace_only(netns: str) -> None:
     net = NetlinkBackend(netns)
     try:
         for i in range(40):  # more than one batch of descriptors opened ahead
-            await net.add_tap(TapSpec(name=f"ns{i}"))
+            await net.add_tap(TapSpec(name=f"ns{i}"), LinkChange())
     finally:
         await net.close()
     names = set(netns_mod.links(netns))
@@ -113,8 +113,8 @@ async def test_concurrent_deletes_are_batched_and_touch_nothing_else(netns: str)
     net = NetlinkBackend(netns)
     try:
         for i in range(60):
-            await net.add_tap(TapSpec(name=f"d{i}"))
-        await net.add_tap(TapSpec(name="keep0"))
+            await net.add_tap(TapSpec(name=f"d{i}"), LinkChange())
+        await net.add_tap(TapSpec(name="keep0"), LinkChange())
         links = {link.name: link for link in await net.list_links()}
         gone = links["d5"].index
         await net.delete_link(gone)
@@ -140,7 +140,7 @@ async def test_concurrent_tap_creation_leaks_no_descriptors(netns: str) -> None:
 
         async def one(i: int) -> None:
             async with sem:
-                await net.add_tap(TapSpec(name=f"c{i}"))
+                await net.add_tap(TapSpec(name=f"c{i}"), LinkChange())
 
         await asyncio.gather(*(one(i) for i in range(300)))
     finally:
@@ -169,8 +169,8 @@ async def test_creations_are_marked_before_they_can_outlive_us(netns: str) -> No
         assert done is not None and done.owned and done.group == 0
 
         await net.add_bridge("cbr", None, None, BridgeOptions(stp=True))
-        await net.add_tap(TapSpec(name="ctap", ipv6=False))
-        await net.add_tap(TapSpec(name="ctap6"))
+        await net.add_tap(TapSpec(name="ctap", ipv6=False), LinkChange())
+        await net.add_tap(TapSpec(name="ctap6"), LinkChange())
         for name in ("cbr", "ctap", "ctap6"):
             got = await net.get_link(name)
             assert got is not None and got.owned and got.group == 0, got
@@ -189,13 +189,15 @@ async def test_creations_are_marked_before_they_can_outlive_us(netns: str) -> No
 
 
 async def test_a_tap_creation_cut_short_leaves_no_tap(netns: str) -> None:
-    """Anything ending add_tap before TUNSETPERSIST (here a cancellation while the mark is
-    answered: the kernel has created and marked it) closes the descriptor: the TAP is gone."""
+    """Anything ending add_tap before TUNSETPERSIST (here a cancellation while the IPv6
+    sysctl of a TAP without a bridge is written: the kernel has created and marked it)
+    closes the descriptor: the TAP is gone."""
     net = NetlinkBackend(netns)
     try:
-        await net.add_tap(TapSpec(name="first0"))  # descriptors opened ahead: no await left
-        job = asyncio.create_task(net.add_tap(TapSpec(name="cut0")))
-        await asyncio.sleep(0)  # it runs up to its first wait: the mark's answer
+        # descriptors opened ahead: the mark is read back at once, no wait before it
+        await net.add_tap(TapSpec(name="first0"), LinkChange())
+        job = asyncio.create_task(net.add_tap(TapSpec(name="cut0", ipv6=False), LinkChange()))
+        await asyncio.sleep(0)  # it runs up to its first wait: the sysctl's thread
         mid = netns_mod.link(netns, "cut0")  # (blocking: the job stays where it is)
         assert mid is not None and mid["ifalias"] == OWNER_ALIAS
         assert mid["linkinfo"]["info_data"]["persist"] is False

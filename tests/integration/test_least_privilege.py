@@ -98,8 +98,11 @@ def test_cap_net_admin_alone_is_enough(netns: str, tun_node: str) -> None:
     assert tap["master"] == "lpbr0"
     info = tap["linkinfo"]["info_data"]
     assert (int(info["user"]), int(info["group"])) == (owner, group), info
-    sysctl = netns_mod.run_in(netns, "cat", "/proc/sys/net/ipv6/conf/lptap0/disable_ipv6")
-    assert sysctl.stdout.strip() == "1"
+    # IPv6 off on a bridge port: address generation none, in the marking request
+    # (tests/integration/test_tap_ipv6.py); no address.
+    assert tap["inet6_addr_gen_mode"] == "none"
+    addrs = netns_mod.ip_json(netns, "-6", "addr", "show", "dev", "lptap0")
+    assert not any(a.get("addr_info") for a in addrs), addrs
 
     replies = _run(netns, [{"op": "tap.delete", "args": {"name": "lptap0"}},
                            {"op": "bridge.delete", "args": {"name": "lpbr0"}}], ",+net_admin",

@@ -281,10 +281,17 @@ async def test_the_sandbox_lets_it_create_and_attach_taps(
         assert dev["master"] == "sdbr0"
         assert dev["ifalias"].startswith("vnetd:v1")
         assert "UP" in dev["flags"]
-        # ProtectKernelTunables= + ReadWritePaths=/proc/sys/net/ipv6/conf: the
-        # per-device IPv6 switch (OSSN-0069) was written through the sandbox.
-        disabled = netns_mod.run_in(d.netns, "cat", "/proc/sys/net/ipv6/conf/sdtap0/disable_ipv6")
+        # IPv6 off on a bridge port (OSSN-0069): address generation none, set over
+        # netlink (tests/integration/test_tap_ipv6.py).
+        assert dev["inet6_addr_gen_mode"] == "none", dev
+        # A TAP without a bridge also gets the disable_ipv6 sysctl: written through
+        # the sandbox (ProtectKernelTunables= + ReadWritePaths=/proc/sys/net/ipv6/conf).
+        lone = await rpc.call(d.host_id, "tap.ensure", {"name": "sdtap1"}, timeout=15)
+        assert lone["ok"], lone
+        disabled = netns_mod.run_in(d.netns, "cat", "/proc/sys/net/ipv6/conf/sdtap1/disable_ipv6")
         assert disabled.stdout.strip() == "1"
+        gone = await rpc.call(d.host_id, "tap.delete", {"name": "sdtap1"}, timeout=15)
+        assert gone["ok"] and gone["result"]["deleted"], gone
 
 
 # ---------------------------------------------------------------------- 2. watchdog

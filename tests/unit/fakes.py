@@ -11,7 +11,7 @@ can say "nothing changed".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from tests.unit.fake_overlay import FakeOverlay
 
 MUTATING = frozenset(
-    {"add_bridge", "add_tap", "finish_creation", "set_tap_owner", "set_link", "delete_link",
-     "disable_ipv6", "add_vxlan", "apply"}
+    {"add_bridge", "add_tap", "finish_creation", "set_tap_owner", "set_link", "change_link",
+     "delete_link", "disable_ipv6", "add_vxlan", "apply"}
 )
 Caller = Callable[..., Awaitable[dict[str, Any]]]
 """The `call` fixture: `await call("bridge.ensure", name="br0")` validates and dispatches."""
@@ -230,6 +230,11 @@ class FakeNet:
         link = self._find(name)
         return link.freeze() if link else None
 
+    async def get_links(self, names: Sequence[str]) -> list[Link | None]:
+        await self._io(Call("get_links", tuple(names)))
+        found = [self._find(name) for name in names]
+        return [link.freeze() if link else None for link in found]
+
     async def get_link_by_index(self, index: int) -> Link | None:
         await self._io(Call("get_link_by_index", (index,)))
         link = self.links.get(index)
@@ -262,12 +267,12 @@ class FakeNet:
             fake.alias = OWNER_ALIAS
         fake.group = 0
 
-    async def add_tap(self, spec: TapSpec) -> None:
-        await self._io(Call("add_tap", (spec,)))
+    async def add_tap(self, spec: TapSpec, change: LinkChange) -> Link:
+        await self._io(Call("add_tap", (spec, change)))
         if self._find(spec.name) is not None:
             raise Conflict(f"create tap {spec.name}: Device or resource busy", errno=16)
         index = self._new_index()
-        self.links[index] = FakeLink(
+        link = FakeLink(
             index=index,
             name=spec.name,
             kind="tap",
@@ -282,8 +287,17 @@ class FakeNet:
                 persistent=True,
             ),
         )
+        # The kernel refuses a bad change before it creates anything: the real backend
+        # creates the TAP on a descriptor it closes when the marking request fails.
+        self.links[index] = link
+        try:
+            self._apply(link, change)
+        except BaseException:
+            del self.links[index]
+            raise
         if not spec.ipv6:
             self.ipv6_disabled.add(spec.name)
+        return link.freeze()
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         await self._io(Call("set_tap_owner", (spec,)))
@@ -302,7 +316,16 @@ class FakeNet:
 
     async def set_link(self, index: int, change: LinkChange) -> None:
         await self._io(Call("set_link", (index, change)))
+        self._apply(self._require_index(index), change)
+
+    async def change_link(self, index: int, change: LinkChange) -> Link:
+        await self._io(Call("change_link", (index, change)))
         link = self._require_index(index)
+        self._apply(link, change)
+        return link.freeze()
+
+    def _apply(self, link: FakeLink, change: LinkChange) -> None:
+        index = link.index
         # Validate the whole request first: the kernel applies all of it or none.
         master = None
         if change.master:
@@ -373,4 +396,7 @@ class ExplodingNet(FakeNet):
     """A backend with a bug: every link lookup fails with an exception nobody expects."""
 
     async def get_link(self, name: str) -> Link | None:
+        raise RuntimeError("boom")
+
+    async def get_links(self, names: Sequence[str]) -> list[Link | None]:
         raise RuntimeError("boom")

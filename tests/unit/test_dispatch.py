@@ -200,3 +200,33 @@ async def test_joining_a_bridge_is_serialised_with_deleting_it(net: FakeNet, cal
         # Refused up front (the bridge was gone), not half-way through.
         assert getattr(joining, "code", None) is ErrorCode.NOT_FOUND
         assert "bridge br0" in str(joining)
+
+
+class InstantNet(FakeNet):
+    """Answers without yielding to the loop, as the real backend does when the kernel's
+    answer is already in the socket's buffer after the send."""
+
+    async def _io(self, call: Any) -> None:
+        self.calls.append(call)
+
+
+async def test_a_batch_gives_the_loop_its_turn_between_commands(policy: Policy) -> None:
+    net = InstantNet()
+    dispatcher = Dispatcher(build_registry(), Context(host_id="hv1", net=net, policy=policy,
+                                                      version="t"))
+    turns = 0
+
+    async def other_work() -> None:  # the event watcher, the broker's heartbeats
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    start = turns
+    result = await dispatcher.execute(parse_request(sub("batch", commands=[
+        sub("tap.ensure", name=f"t{i}") for i in range(20)])))
+    other.cancel()
+    assert result["completed"] == 20
+    assert turns - start >= 19

@@ -11,7 +11,7 @@ from vnetd.net.model import CREATING_GROUP, BridgeOptions, LinkChange, TapSpec
 
 async def test_new_devices_are_down_and_marked(net: FakeNet) -> None:
     await net.add_bridge("br0", None, None, BridgeOptions(stp=True))
-    await net.add_tap(TapSpec(name="tap0", multi_queue=True, ipv6=False))
+    await net.add_tap(TapSpec(name="tap0", multi_queue=True, ipv6=False), LinkChange())
     br, tap = await net.get_link("br0"), await net.get_link("tap0")
     assert br is not None
     assert tap is not None
@@ -21,6 +21,15 @@ async def test_new_devices_are_down_and_marked(net: FakeNet) -> None:
                                                                               True, True)
     assert br.index != tap.index
     assert net.ipv6_disabled == {"tap0"}
+
+
+async def test_a_tap_is_created_with_its_change_or_not_at_all(net: FakeNet) -> None:
+    br = net.add("br0", "bridge", owned=True)
+    tap = await net.add_tap(TapSpec(name="tap0"), LinkChange(mtu=1450, master=br, up=True))
+    assert (tap.mtu, tap.master, tap.up, tap.owned) == (1450, br, True, True)
+    with pytest.raises(InvalidArgument):  # an unknown master: the kernel's EINVAL
+        await net.add_tap(TapSpec(name="tap1"), LinkChange(master=999))
+    assert "tap1" not in net.names()
 
 
 async def test_finish_creation_marks_and_leaves_the_group(net: FakeNet) -> None:
@@ -37,7 +46,7 @@ async def test_taken_names_conflict(net: FakeNet) -> None:
     with pytest.raises(Conflict):
         await net.add_bridge("eth0", None, None, BridgeOptions())
     with pytest.raises(Conflict):
-        await net.add_tap(TapSpec(name="eth0"))
+        await net.add_tap(TapSpec(name="eth0"), LinkChange())
     assert len(net.links) == 1
 
 

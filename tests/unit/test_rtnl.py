@@ -219,3 +219,14 @@ def test_get_and_dump_bodies_skip_statistics() -> None:
         assert (msg["index"], msg.get("ifname")) == (index, name)
         assert msg.get("IFLA_EXT_MASK") == rtnl.RTEXT_FILTER_SKIP_STATS
     assert parse_request(rtnl.group_body(5, 77)).get("IFLA_GROUP") == 77
+
+
+def test_no_link_local_reads_back_in_pyroute2() -> None:
+    # What `ip link set X addrgenmode none` sends: IFLA_AF_SPEC / AF_INET6 /
+    # IFLA_INET6_ADDR_GEN_MODE = IN6_ADDR_GEN_MODE_NONE (1).
+    msg = parse_request(rtnl.change_body(0, LinkChange(alias="vnetd:v1", up=True), name="tap0",
+                                         no_ipv6_link_local=True))
+    assert (msg.get("ifname"), msg.get("ifalias"), msg["flags"]) == ("tap0", "vnetd:v1", 1)
+    assert msg.get_nested("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_ADDR_GEN_MODE") == 1
+    plain = parse_request(rtnl.change_body(0, LinkChange(up=True), name="tap0"))
+    assert plain.get("IFLA_AF_SPEC") is None

@@ -50,12 +50,28 @@ async def test_ensure_without_bridge(net: FakeNet, call: Caller) -> None:
 async def test_ipv6_is_disabled_on_create(net: FakeNet, call: Caller) -> None:
     await call("tap.ensure", name="tap0")
     assert net.ipv6_disabled == {"tap0"}
-    # Asked of the creation itself (before the TAP can go up, so no link-local
-    # address ever appears), and marked by it: nothing else before "up".
-    (create, up) = net.mutations()
+    # Asked of the creation itself, which also marks and brings it up: the backend
+    # orders them so that no link-local address ever appears (one request).
+    (create,) = net.mutations()
     assert create.method == "add_tap" and create.args[0].ipv6 is False
-    assert up.method == "set_link" and up.args[1].up is True
+    assert create.args[1].up is True
     assert net.by_name("tap0").alias == "vnetd:v1"
+
+
+async def test_ensure_reads_once_and_applies_once(net: FakeNet, call: Caller) -> None:
+    await call("bridge.ensure", name="br0", mtu=1450)
+    net.forget_calls()
+    result = await call("tap.ensure", name="tap0", bridge="br0")
+    # One read of the TAP and its bridge, one creation that configures it; the
+    # reply is the state the creation answered with (no read after it).
+    assert [c.method for c in net.calls] == ["get_links", "add_tap"]
+    assert net.calls[0].args == ("tap0", "br0")
+    change = net.calls[1].args[1]
+    assert (change.mtu, change.master, change.up) == (1450, net.index_of("br0"), True)
+    assert (result["mtu"], result["master"], result["state"]) == (1450, "br0", "up")
+    net.forget_calls()
+    await call("tap.ensure", name="tap0", bridge="br0", mtu=1400)
+    assert [c.method for c in net.calls] == ["get_links", "list_links", "change_link"]
 
 
 async def test_ipv6_is_kept_when_asked(net: FakeNet, call: Caller) -> None:

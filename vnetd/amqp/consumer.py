@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aio_pika
 import orjson
@@ -17,6 +17,7 @@ from vnetd.amqp import failpoints, retry
 from vnetd.amqp.dedupe import ReplyCache
 from vnetd.amqp.outcome import Action, Delivery, Outcome, failure, success
 from vnetd.amqp.quarantine import Quarantine, job_key
+from vnetd.amqp.renewing import RenewingPublisher
 from vnetd.amqp.retry import RetryPolicy, delivery_of
 from vnetd.contract.base import Command
 from vnetd.contract.commands import OPS, parse_request
@@ -25,6 +26,7 @@ from vnetd.contract.errors import Forbidden, Internal, InvalidArgument, VnetdErr
 log = structlog.get_logger("vnetd.jobs")
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,8 @@ class JobConsumer:
                  observers: list[JobObserver] | None = None,
                  quarantine: Quarantine | None = None,
                  retry_policy: RetryPolicy | None = None,
-                 allowed_senders: frozenset[str] = frozenset()) -> None:
+                 allowed_senders: frozenset[str] = frozenset(),
+                 aside: RenewingPublisher | None = None) -> None:
         self.channel = channel
         self.queue = queue
         self.execute = execute
@@ -68,6 +71,9 @@ class JobConsumer:
         self.allowed_senders = allowed_senders
         """Empty: any sender. Else the `user_id`s whose jobs run (RabbitMQ validates
         user_id against the publishing connection's login, so it cannot be forged)."""
+        self.aside = aside
+        """Where jobs set aside (retry queue, vnetd.dead) are published; None: on
+        `channel` (the unit tests' fakes)."""
         self._tag: ConsumerTag | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._jobs: set[asyncio.Task[Any]] = set()
@@ -115,6 +121,12 @@ class JobConsumer:
         for task in still:  # cancelled, not between two jobs' steps: they end at once
             task.cancel()
         return len(still)
+
+    async def _set_aside(self, publish: Callable[[AbstractChannel], Awaitable[T]]) -> T:
+        """A publish to a quorum queue, on a channel replaced when nacked (renewing.py)."""
+        if self.aside is None:
+            return await publish(self.channel)
+        return await self.aside.run(publish)
 
     @property
     def inflight(self) -> int:
@@ -276,11 +288,13 @@ class JobConsumer:
         if outcome.action is Action.RETRY:
             if self.retry is None:  # failure() retries only when a policy gives attempts
                 raise Internal("a retry was decided but the daemon has no retry queue")
-            attempt = await retry.requeue_later(self.channel, self.retry, message, reason)
+            policy = self.retry
+            attempt = await self._set_aside(
+                lambda ch: retry.requeue_later(ch, policy, message, reason))
             log.info("job_retry_later", message_id=message.message_id, attempt=attempt,
                      of=self.retry.attempts, delay_s=self.retry.delay_seconds, reason=reason)
         elif outcome.action is Action.GIVE_UP:
-            await retry.give_up(self.channel, message, reason)
+            await self._set_aside(lambda ch: retry.give_up(ch, message, reason))
             log.warning("job_given_up", message_id=message.message_id, reason=reason)
         if outcome.action is Action.DEAD_LETTER:
             await message.reject(requeue=False)

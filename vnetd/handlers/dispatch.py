@@ -134,6 +134,11 @@ class Dispatcher:
         results: list[dict[str, Any]] = []
         failed = 0
         for i, cmd in enumerate(batch.commands):
+            if i:
+                # A command may finish without waiting for anything (netlink answers are
+                # read right after the send): give the loop its turn between commands,
+                # or the event watcher overruns and the broker's heartbeats stall.
+                await asyncio.sleep(0)
             try:
                 results.append({"ok": True, "result": await self.execute(cmd)})
             except VnetdError as exc:

@@ -14,7 +14,12 @@ from vnetd.net.model import Link, LinkChange
 
 async def owned_bridge(ctx: Context, name: str) -> Link:
     """The existing, vnetd-owned Linux bridge `name` that a port may join (else the error)."""
-    bridge = require_link(await ctx.net.get_link(name), name, "bridge")
+    return require_owned_bridge(ctx, await ctx.net.get_link(name), name)
+
+
+def require_owned_bridge(ctx: Context, link: Link | None, name: str) -> Link:
+    """`owned_bridge`'s checks on a link already read (None: there is none)."""
+    bridge = require_link(link, name, "bridge")
     require_kind(bridge, "bridge")
     ctx.policy.require_owned(bridge, "attach ports to")
     return bridge

@@ -7,6 +7,7 @@ and the fakes in the unit tests. Errors are raised as contract errors
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from vnetd.net.model import BridgeOptions, Link, LinkChange, TapSpec
@@ -32,15 +33,22 @@ class NetBackend(Protocol):
     async def finish_creation(self, link: Link) -> None:
         """Finish a creation a kill cut short (`link.half_created`): mark, leave the group."""
 
-    async def add_tap(self, spec: TapSpec) -> None:
-        """Create a persistent TAP device (down), marked as vnetd's, IPv6 disabled
-        unless `spec.ipv6`; a kill midway leaves no TAP at all."""
+    async def get_links(self, names: Sequence[str]) -> list[Link | None]:
+        """The links called `names`, None for each that does not exist (one round trip)."""
+
+    async def add_tap(self, spec: TapSpec, change: LinkChange) -> Link:
+        """Create a persistent TAP device, marked as vnetd's, with `change` applied
+        (mtu, mac, master, up) and no IPv6 address ever unless `spec.ipv6`; returns
+        its state. A kill midway leaves no TAP at all."""
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         """Change owner/group of an existing persistent TAP no process holds."""
 
     async def set_link(self, index: int, change: LinkChange) -> None:
         """Apply every non-None field of `change` in one request."""
+
+    async def change_link(self, index: int, change: LinkChange) -> Link:
+        """`set_link`, and the link's state after it (one round trip)."""
 
     async def delete_link(self, index: int) -> None:
         """Delete the link; raises NotFound when it is already gone."""

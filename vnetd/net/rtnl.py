@@ -32,6 +32,7 @@ NLMSG_OVERRUN = 4
 NLM_F_REQUEST = 0x1
 NLM_F_MULTI = 0x2
 NLM_F_ACK = 0x4
+NLM_F_ECHO = 0x8
 NLM_F_DUMP_INTR = 0x10
 NLM_F_ROOT = 0x100
 NLM_F_MATCH = 0x200
@@ -63,6 +64,12 @@ IFLA_GROUP = 27
 IFLA_EXT_MASK = 29
 IFLA_CARRIER = 33
 IFLA_CARRIER_CHANGES = 35
+IFLA_AF_SPEC = 26
+IFLA_INET6_ADDR_GEN_MODE = 8
+IN6_ADDR_GEN_MODE_NONE = 1
+IPV6_MIN_MTU = 1280
+"""Below it the kernel drops a device's IPv6 state (inet6_dev) altogether, and the
+AF_INET6 part of a request has nothing left to act on (EAFNOSUPPORT)."""
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 IFLA_BR_FORWARD_DELAY = 1
@@ -286,10 +293,25 @@ def linkinfo(kind: str, data: bytes) -> bytes:
     return attr(IFLA_LINKINFO | NLA_F_NESTED, inner)
 
 
-def change_body(index: int, change: LinkChange, *, name: str | None = None) -> bytes:
+def no_link_local() -> bytes:
+    """IFLA_AF_SPEC / AF_INET6 / IFLA_INET6_ADDR_GEN_MODE = NONE: the kernel generates
+    no IPv6 link-local address for the link from now on (what iproute2's
+    `ip link set X addrgenmode none` sends). It does not remove one that is already
+    there, and it does not stop SLAAC from a router advertisement (see netlink.add_tap)."""
+    inner = attr(socket.AF_INET6 | NLA_F_NESTED, attr_u8(IFLA_INET6_ADDR_GEN_MODE,
+                                                         IN6_ADDR_GEN_MODE_NONE))
+    return attr(IFLA_AF_SPEC | NLA_F_NESTED, inner)
+
+
+def change_body(index: int, change: LinkChange, *, name: str | None = None,
+                no_ipv6_link_local: bool = False) -> bytes:
     """RTM_NEWLINK (set) for one existing link: every non-None field of `change`.
 
     `name` renames the link (index given) or, with index 0, finds it by name.
+    `no_ipv6_link_local` adds `no_link_local()`. The kernel applies a request in its
+    own order (do_setlink: mtu, address, alias, flags, master, ..., IFLA_AF_SPEC),
+    not in the order of the attributes: "up" comes before the address generation
+    mode, so a link with carrier would get its link-local address first.
     """
     flags = change_mask = 0
     if change.up is not None:
@@ -311,6 +333,8 @@ def change_body(index: int, change: LinkChange, *, name: str | None = None) -> b
         body += attr_u32(IFLA_GROUP, change.group)
     if change.bridge is not None and not change.bridge.is_empty():
         body += linkinfo("bridge", bridge_data(change.bridge))
+    if no_ipv6_link_local:
+        body += no_link_local()
     return body
 
 

@@ -20,6 +20,7 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_MULTI_QUEUE = 0x0100
 IFF_TUN_EXCL = 0x8000
+IFF_NO_CARRIER = 0x0040
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 TUNSETOWNER = 0x400454CC
@@ -27,7 +28,12 @@ TUNSETGROUP = 0x400454CE
 
 
 def _ifreq(spec: TapSpec, exclusive: bool) -> bytes:
-    flags = IFF_TAP | IFF_NO_PI | (IFF_TUN_EXCL if exclusive else 0)
+    # Created without carrier (IFF_NO_CARRIER, Linux 6.0+): the TAP is on our
+    # descriptor, which would give it carrier at once, and a link that comes up
+    # with carrier gets its IPv6 link-local address in the same request that
+    # brings it up, before that request turns address generation off (see
+    # rtnl.change_body). Carrier comes on when a reader (QEMU) attaches.
+    flags = IFF_TAP | IFF_NO_PI | (IFF_TUN_EXCL | IFF_NO_CARRIER if exclusive else 0)
     if spec.vnet_hdr:
         flags |= IFF_VNET_HDR
     if spec.multi_queue:
