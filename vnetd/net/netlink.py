@@ -207,9 +207,7 @@ class NetlinkBackend:
         # The ioctls take well under a millisecond, like a netlink request sent from
         # the loop; a hop to the worker thread costs more than that on a busy machine.
         fd = self._tun_fds.pop()
-        # Under IPV6_MIN_MTU the kernel drops the device's IPv6 state when the MTU is
-        # set, and the AF_INET6 part would fail the request (EAFNOSUPPORT).
-        no_ll = not spec.ipv6 and (change.mtu is None or change.mtu >= rtnl.IPV6_MIN_MTU)
+        no_ll = _no_link_local(spec, change)
         try:
             _tun_call(f"create tap {spec.name}", tun.create_transient, fd, spec)
             failpoints.hit("after_create", "tap")
@@ -222,10 +220,75 @@ class NetlinkBackend:
             _tun_call(f"make tap {spec.name} persistent", tun.make_persistent, fd)
         finally:
             os.close(fd)  # before TUNSETPERSIST (an error, a cancellation) this removes it
-        # Read back before TUNSETPERSIST, which has just succeeded.
-        if link.tun is not None:
-            link = dataclasses.replace(link, tun=dataclasses.replace(link.tun, persistent=True))
-        return link
+        return _persistent(link)
+
+    async def add_taps(self, items: Sequence[tuple[TapSpec, LinkChange]],
+                       stop_on_error: bool) -> list[Link | VnetdError | None]:
+        """`add_tap` for many TAPs, pipelined: the creations back to back, every
+        marking request with its read back in one write, then TUNSETPERSIST for each.
+
+        The same crash design as add_tap: each TAP is on a descriptor we hold until
+        it is marked and persistent. With `stop_on_error`, nothing after the first
+        failure is kept: those TAPs are not persistent yet, and closing their
+        descriptors removes them (None in the answer), so the result is that of
+        running the creations one by one and stopping at the first failure."""
+        out: list[Link | VnetdError | None] = [None] * len(items)
+        fds = await self._worker_call("open /dev/net/tun", tun.open_tun_fds, len(items))
+        try:
+            made: list[int] = []
+            for i, (spec, _) in enumerate(items):
+                try:
+                    _tun_call(f"create tap {spec.name}", tun.create_transient, fds[i], spec)
+                except VnetdError as exc:
+                    out[i] = exc
+                    if stop_on_error:
+                        break
+                    continue
+                made.append(i)
+            failpoints.hit("after_create", "tap")
+            msgs = []
+            for i in made:
+                spec, change = items[i]
+                msgs.append((rtnl.RTM_NEWLINK, rtnl.NLM_F_ACK, rtnl.change_body(
+                    0, dataclasses.replace(change, alias=OWNER_ALIAS), name=spec.name,
+                    no_ipv6_link_local=_no_link_local(spec, change))))
+                msgs.append((rtnl.RTM_GETLINK, 0, rtnl.get_by_name_body(spec.name)))
+            answers = await self._link.exchange(msgs) if msgs else []
+            marked = []
+            for k, i in enumerate(made):
+                done, got = answers[2 * k], answers[2 * k + 1]
+                failed = next((a for a in (done, got) if isinstance(a, NetlinkRequestError)),
+                              None)
+                if failed is not None:
+                    out[i] = error_from_errno(failed.errno or errno.EIO,
+                                              f"mark tap {items[i][0].name}")
+                elif isinstance(got, list) and got:
+                    out[i] = got[0]
+                    marked.append(i)
+            lone = [items[i][0].name for i in marked
+                    if not items[i][0].ipv6 and not items[i][1].master]
+            if lone:  # no bridge: see add_tap
+                await self._worker_call("disable IPv6", tun.disable_ipv6_many, lone)
+            failpoints.hit("after_mark", "tap")
+            first_error = next((i for i, r in enumerate(out) if isinstance(r, VnetdError)),
+                               len(items)) if stop_on_error else len(items)
+            for i in marked:
+                link = out[i]
+                if i > first_error or not isinstance(link, Link):
+                    out[i] = None  # not persistent: gone when its descriptor closes
+                    continue
+                try:
+                    _tun_call(f"make tap {link.name} persistent", tun.make_persistent, fds[i])
+                except VnetdError as exc:
+                    out[i] = exc
+                    if stop_on_error:
+                        first_error = min(first_error, i)
+                    continue
+                out[i] = _persistent(link)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return out
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         await self._worker_call(f"set owner of tap {spec.name}", tun.set_owner, spec)
@@ -361,6 +424,19 @@ class NetlinkBackend:
             self._ipr.close()
         await self._worker.run(self._overlay.close)  # its socket lives on the worker
         self._worker.close()
+
+
+def _no_link_local(spec: TapSpec, change: LinkChange) -> bool:
+    # Under IPV6_MIN_MTU the kernel drops the device's IPv6 state when the MTU is
+    # set, and the AF_INET6 part would fail the request (EAFNOSUPPORT).
+    return not spec.ipv6 and (change.mtu is None or change.mtu >= rtnl.IPV6_MIN_MTU)
+
+
+def _persistent(link: Link) -> Link:
+    """A TAP read back before TUNSETPERSIST, which has just succeeded."""
+    if link.tun is None:
+        return link
+    return dataclasses.replace(link, tun=dataclasses.replace(link.tun, persistent=True))
 
 
 def _tun_call(what: str, fn: Callable[..., None], *args: object) -> None:
