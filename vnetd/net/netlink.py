@@ -47,7 +47,10 @@ from vnetd.net.vxlan import VxlanNetlink
 
 T = TypeVar("T")
 DUMP_RETRIES = 5
-TUN_FDS_AHEAD = 32
+TUN_FDS_AHEAD = 64
+"""/dev/net/tun descriptors the worker opens in one go, ahead of need."""
+TUN_FDS_LOW = 32
+"""Below this many left, the next ones are opened in the background."""
 
 
 def error_from_errno(code: int, what: str) -> VnetdError:
@@ -89,6 +92,7 @@ class NetlinkBackend:
         self._ipr: Any = None
         self._tun_fds: list[int] = []
         self._tun_refill = asyncio.Lock()
+        self._tun_ahead: asyncio.Task[None] | None = None
         self._del_sock: socket.socket | None = None
         self._deletes: list[tuple[int, asyncio.Future[None]]] = []
         self._deleting: asyncio.Task[None] | None = None
@@ -197,16 +201,7 @@ class NetlinkBackend:
         no netlink request for it: for those TAPs only, it is written as before (a
         write the kernel makes spin while RTNL is busy, addrconf_disable_ipv6).
         """
-        while not self._tun_fds:
-            # One refill at a time: concurrent callers wait for it instead of each
-            # opening (and overwriting) a set of their own.
-            async with self._tun_refill:
-                if not self._tun_fds:
-                    self._tun_fds.extend(await self._worker_call(
-                        "open /dev/net/tun", tun.open_tun_fds, TUN_FDS_AHEAD))
-        # The ioctls take well under a millisecond, like a netlink request sent from
-        # the loop; a hop to the worker thread costs more than that on a busy machine.
-        fd = self._tun_fds.pop()
+        (fd,) = await self._take_tun_fds(1)
         no_ll = _no_link_local(spec, change)
         try:
             _tun_call(f"create tap {spec.name}", tun.create_transient, fd, spec)
@@ -233,7 +228,7 @@ class NetlinkBackend:
         descriptors removes them (None in the answer), so the result is that of
         running the creations one by one and stopping at the first failure."""
         out: list[Link | VnetdError | None] = [None] * len(items)
-        fds = await self._worker_call("open /dev/net/tun", tun.open_tun_fds, len(items))
+        fds = await self._take_tun_fds(len(items))
         try:
             made: list[int] = []
             for i, (spec, _) in enumerate(items):
@@ -289,6 +284,37 @@ class NetlinkBackend:
             for fd in fds:
                 os.close(fd)
         return out
+
+    async def _take_tun_fds(self, count: int) -> list[int]:
+        """`count` /dev/net/tun descriptors of the namespace, opened ahead by the worker.
+
+        Opening them needs the worker thread (a descriptor belongs to the namespace of
+        the thread that opens it); on a busy machine a hop to a thread waits for the
+        scheduler for milliseconds, so the next ones are opened in the background
+        while these are used."""
+        while len(self._tun_fds) < count:
+            # One refill at a time: concurrent callers wait for it instead of each
+            # opening (and overwriting) a set of their own.
+            async with self._tun_refill:
+                if len(self._tun_fds) < count:
+                    self._tun_fds.extend(await self._worker_call(
+                        "open /dev/net/tun", tun.open_tun_fds,
+                        max(TUN_FDS_AHEAD, count - len(self._tun_fds))))
+        fds = self._tun_fds[len(self._tun_fds) - count:]
+        del self._tun_fds[len(self._tun_fds) - count:]
+        if len(self._tun_fds) < TUN_FDS_LOW and (self._tun_ahead is None
+                                                 or self._tun_ahead.done()):
+            self._tun_ahead = asyncio.create_task(self._open_ahead(), name="vnetd-tun-ahead")
+        return fds
+
+    async def _open_ahead(self) -> None:
+        async with self._tun_refill:
+            if len(self._tun_fds) < TUN_FDS_LOW:
+                try:
+                    self._tun_fds.extend(await self._worker_call(
+                        "open /dev/net/tun", tun.open_tun_fds, TUN_FDS_AHEAD))
+                except VnetdError:
+                    return  # the next creation opens its own and reports the error
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         await self._worker_call(f"set owner of tap {spec.name}", tun.set_owner, spec)
@@ -414,6 +440,8 @@ class NetlinkBackend:
         }
 
     async def close(self) -> None:
+        if self._tun_ahead is not None:
+            await asyncio.gather(self._tun_ahead, return_exceptions=True)
         for fd in self._tun_fds:
             os.close(fd)
         self._tun_fds.clear()
