@@ -32,7 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile", type=Path, default=None, metavar="FILE",
                    help="record a py-spy profile of the daemon during plug/unplug")
     p.add_argument("--only", choices=["events"], default=None,
-                   help="run one scenario only (events: the rates 1,000, 10,000, 20,000/s "
+                   help="run one scenario only (events: the rates 1,000 to 20,000/s "
                         "and as fast as possible; with --before, old and new side by side)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return p.parse_args(argv)
@@ -48,7 +48,7 @@ def inner(args: argparse.Namespace) -> int:
               workdir=lab.dir, suffix=lab.suffix)
     plan = Plan.quick() if args.quick else Plan.full(args.before)
     if args.only == "events":
-        plan.event_rates = [1000.0, 10000.0, 20000.0, None]
+        plan.event_rates = [1000.0, 5000.0, 10000.0, 15000.0, 20000.0, None]
         plan.event_seconds = 3.0
     plan.profile = args.profile
     plan.before_ref = args.before

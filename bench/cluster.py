@@ -259,7 +259,13 @@ def markdown(r: dict[str, Any]) -> str:
               f"{total['unanswered']} never answered within 60 s: a stall), failed "
               f"{total['not_ok']}, duplicated effects {total['duplicated_effects']}, "
               f"half-done {total['half_done']}, silent event gaps {total['silent_gaps']} "
-              "(goal 0 each).", ""]
+              "(goal 0 each).",
+              f"Nacked publishing channels replaced by the client: "
+              f"{sum(x.get('publisher_renewals', 0) for x in rounds)} (in "
+              f"{sum(1 for x in rounds if x.get('publisher_renewals'))} rounds): the stall "
+              "these rounds used to show, answered now (bench/results/cluster-stall-evidence.txt).",
+              "", "Failover: last reply before the kill to the first after. p99: of all the "
+              "round's jobs (each from its first send to its answer, resends included).", ""]
     return "\n".join(lines)
 
 

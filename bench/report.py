@@ -111,12 +111,21 @@ def goals(res: Results, med: dict[tuple[str, str, int], dict[str, float]]) -> li
         p99 = at_10k[0]["p99_ms"]
         out.append({"goal": "event_p99_10k", "text": "event latency p99 at 10,000 changes/s",
                     "target": "< 50 ms", "value": p99, "met": p99 < 50})
-    clean = [e["delivered_per_s"] for e in current
-             if not e["resyncs"] and "delivered_per_s" in e]
+    # Sustained: no loss (no overrun, so no host.resync) and the last event within a
+    # second of the last change (the pipeline kept up, it did not just buffer).
+    clean = [e["delivered_per_s"] for e in current if not e["resyncs"]
+             and "delivered_per_s" in e and (e.get("lag_ms") or 0) <= 1000]
     if clean:
         best = max(clean)
-        out.append({"goal": "events_sustained", "text": "events sustained, kernel to subscriber",
-                    "target": ">= 20,000/s", "value": best, "met": best >= 20000})
+        out.append({"goal": "events_sustained", "text": "events sustained, kernel to subscriber "
+                    "(no overrun, lag <= 1 s)", "target": ">= 20,000/s", "value": best,
+                    "met": best >= 20000})
+    ceiling = (res.events_ceiling or {}).get("ceiling")
+    if ceiling:
+        out.append({"goal": "events_broker_ceiling",
+                    "text": "the broker's ceiling, one message per event (trivial publisher, "
+                            "same message size; vnetd cannot exceed it)", "target": "",
+                    "value": ceiling["delivered_per_s"], "met": None})
     return out
 
 
@@ -134,6 +143,7 @@ def write(res: Results, out_dir: Path) -> dict[str, Any]:
         "events": res.events,
         "client_check": res.client_check,
         "publisher": res.publisher,
+        "events_ceiling": res.events_ceiling,
     }
     (out_dir / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
     (out_dir / "latest.md").write_text(markdown(data))
@@ -249,6 +259,31 @@ def markdown(data: dict[str, Any]) -> str:
         first = next((e for e in data["events"] if e["resyncs"]), None)
         lines += ["", "First overrun: " + (f"at {first['rate_sent']} changes/s" if first else
                                            "none at any rate tried")]
+        lines += ["", "CPU per change of the broker and of the subscriber (bench/lean_amqp.py):",
+                  "", "| vnetd | rate asked /s | messages | broker CPU ms/change | "
+                  "subscriber CPU ms/change |", "|---|---|---|---|---|"]
+        for e in data["events"]:
+            lines.append(f"| {e.get('vnetd', 'current')} | {e['rate_asked']} | "
+                         f"{e.get('messages')} | {e.get('broker_cpu_ms_per_change')} | "
+                         f"{e.get('subscriber_cpu_ms_per_change')} |")
+    ceiling = data.get("events_ceiling") or {}
+    if ceiling.get("ceiling"):
+        c = ceiling["ceiling"]
+        one, two = ceiling["one_subscriber"], ceiling["two_subscribers"]
+        lines += ["", "## Events: the broker's ceiling and the subscriber check", "",
+                  f"A trivial publisher (bench/lean_amqp.py: prebuilt frames, same exchange, "
+                  f"properties and confirms, {c['body_bytes']}-byte bodies) to the same lean "
+                  f"subscriber: **{c['delivered_per_s']} messages/s**, broker CPU "
+                  f"{c['broker_cpu_ms_per_msg']} ms/message, publisher "
+                  f"{c['publisher_cpu_ms_per_msg']}, subscriber "
+                  f"{c['subscriber_cpu_ms_per_msg']}. One message per event (the contract) "
+                  "means vnetd cannot deliver more events per second than this.", "",
+                  f"20,000 changes/s offered, one subscriber: {one['delivered_per_s']}/s "
+                  f"delivered ({one['messages']} messages, {one['resyncs']} overruns); two "
+                  f"subscriber processes sharing one queue: {two['delivered_per_s']}/s "
+                  f"({two['messages']} messages, {two['resyncs']} overruns): "
+                  f"{ceiling['two_over_one']}x (above 1.1x would mean the subscriber "
+                  "limited the figure)."]
     lines += ["", "## Not measured", ""]
     for k, v in data["unavailable"].items():
         lines.append(f"- {k}: {v}")

@@ -25,6 +25,7 @@ from bench import events, scale, ways
 from bench import libvirt as lv_bench
 from bench.client import LeanRpc
 from bench.lab import log, run
+from bench.lean_amqp import LeanSubscriber
 from bench.ways import Run
 from tests.support.daemon import DaemonProcess
 from tests.support.env import REPO_ROOT
@@ -41,6 +42,8 @@ class Plan:
     sequential_unplug_max: int
     event_rates: list[float | None] = field(default_factory=lambda: [100.0, 1000.0])
     event_seconds: float = 2.0
+    event_checks: bool = True
+    """The broker's ceiling and the second-subscriber check after the event rates."""
     plug_existing: list[int] = field(default_factory=lambda: [0, 1000])
     """The existing-interfaces axis of the plug scenario: TAPs already in the namespace."""
     plug_existing_n: int = 100
@@ -60,6 +63,7 @@ class Plan:
     def quick(cls) -> Plan:
         return cls(sizes=[100], reps={100: 1}, concurrency=[64], scale_links=[0, 1000],
                    sequential_unplug_max=100, event_rates=[100.0, 1000.0], event_seconds=1.5,
+                   event_checks=False,
                    plug_existing=[0, 1000], plug_existing_n=100, plug_existing_reps=1,
                    libvirt_n=5, libvirt_reps=2, publisher_n=5000, publisher_reps=1)
 
@@ -68,8 +72,9 @@ class Plan:
         return cls(sizes=[100, 1000, 5000], reps={100: 3, 1000: 3, 5000: 1},
                    concurrency=[1, 16, 64], scale_links=[0, 1000, 10000],
                    sequential_unplug_max=1000, before_ref=before_ref,
-                   event_rates=[1000.0, 10000.0, 20000.0, None], event_seconds=3.0,
-                   plug_existing=[0, 1000, 10000], plug_existing_n=1000, plug_existing_reps=3,
+                   event_rates=[1000.0, 5000.0, 10000.0, 15000.0, 20000.0, None],
+                   event_seconds=3.0, plug_existing=[0, 1000, 10000], plug_existing_n=1000,
+                   plug_existing_reps=3,
                    libvirt_n=30, libvirt_reps=4)
 
 
@@ -98,6 +103,8 @@ class Results:
     client_check: dict[str, Any] = field(default_factory=dict)
     publisher: list[dict[str, Any]] = field(default_factory=list)
     """bench/publisher.py runs: the event publisher alone."""
+    events_ceiling: dict[str, Any] = field(default_factory=dict)
+    """The broker's ceiling for the events' message size, and the second-subscriber check."""
     """The no-op responder driven by one client process and by two (see client_check)."""
 
 
@@ -509,7 +516,8 @@ async def events_scenario(env: Env, plan: Plan, res: Results) -> None:
                 env, ns_b, "events-before", {"PYTHONPATH": str(before_dir)},
                 minimal_config=True)))
         await asyncio.sleep(1.0)  # the watchers' first sync
-        subs = [events.Subscriber(env.amqp_url, d.host_id) for _, d in daemons]
+        broker = events.broker_pid(env.workdir)
+        subs = [LeanSubscriber(env.amqp_url, d.host_id) for _, d in daemons]
         for sub in subs:
             await sub.__aenter__()
         try:
@@ -520,10 +528,14 @@ async def events_scenario(env: Env, plan: Plan, res: Results) -> None:
                 for k in order:
                     label, d = daemons[k]
                     row = await events.measure_one(d, env.amqp_url, rate,
-                                                   plan.event_seconds, subs[k])
+                                                   plan.event_seconds, subs[k], broker)
                     row["vnetd"] = label
                     res.events.append(row)
                     log(f"events: {row}")
+            if plan.event_checks:
+                res.events_ceiling = await events.checks(daemons[0][1], env.amqp_url, broker,
+                                                         plan.event_seconds, subs[0])
+                log(f"events ceiling: {res.events_ceiling}")
         finally:
             for sub in subs:
                 await sub.__aexit__(None, None, None)

@@ -164,26 +164,33 @@ async def test_latency_at_1000_changes_per_second(start_daemon, lab: Lab, netns:
                                timeout=60, start=n0)
             await sub.quiet(0.3)
             got = [r for r in sub.received[n0:] if r.type == "link.changed"]
-            # One event per change, except changes read together with the next one
-            # of the same TAP, which are folded into it (at 1,000/s: rare).
-            assert 0.9 * len(sent) <= len(got) <= len(sent)
+            # One event per change, except changes read together with the next one of
+            # the same TAP, which are folded into it. How many fold depends on how
+            # evenly the driver and the daemon get the CPU (on a loaded machine the
+            # driver sends in bursts and the daemon reads late), so that is printed, not
+            # asserted; what must hold: no invented event, and each TAP's last state.
+            assert len(names) <= len(got) <= len(sent)
+            last_sent = {name: mtu for name, mtu, _ in sent}
+            assert {r.event["subject"]: r.data["mtu"] for r in got} == last_sent
             ms = match_latencies(sent, got, names)
             offset = time.time() - time.perf_counter()
             wire = [(r.at - (datetime.fromisoformat(r.event["time"]).timestamp() - offset))
                     * 1000 for r in got]
             base = await baseline_latency(amqp_url, 1000, 1000.0)
             row = (len(sent) / took, statistics.median(ms), pct(ms, 99), statistics.median(wire),
-                   pct(wire, 99), statistics.median(base), pct(base, 99))
+                   pct(wire, 99), statistics.median(base), pct(base, 99), len(got) / len(sent))
             rows.append(row)
             fmt = ("\nround: {:.0f} changes/s; kernel->receipt p50 {:.2f} p99 {:.2f} ms; "
-                   "emit->receipt p50 {:.2f} p99 {:.2f} ms; baseline p50 {:.2f} p99 {:.2f} ms")
+                   "emit->receipt p50 {:.2f} p99 {:.2f} ms; baseline p50 {:.2f} p99 {:.2f} ms; "
+                   "events per change {:.3f}")
             print(fmt.format(*row))
         seqs = [r.seq for r in sub.received]
         assert seqs == list(range(1, len(seqs) + 1))
         assert not [r for r in sub.received if r.type == "host.resync"]
     med = [statistics.median(col) for col in zip(*rows, strict=True)]
     fmt = ("median of {} rounds: kernel->receipt p50 {:.2f} ms, p99 {:.2f} ms; emit->receipt "
-           "p50 {:.2f}, p99 {:.2f} ms; baseline p50 {:.2f} ms, p99 {:.2f} ms")
+           "p50 {:.2f}, p99 {:.2f} ms; baseline p50 {:.2f} ms, p99 {:.2f} ms; events per "
+           "change {:.3f}")
     print(fmt.format(ROUNDS, *med[1:]))
 
 

@@ -4,6 +4,7 @@ CloudEvents encoding; command events."""
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,3 +181,26 @@ def test_command_events() -> None:
                               "result": {"name": "tap0", "created": True}}
     assert events[1].data["error"]["code"] == "forbidden"
     assert events[2].data["result"] == {"completed": 3, "failed": 0, "skipped": 0}
+
+
+def test_the_streams_encoder_makes_the_same_bodies_as_encode() -> None:
+    enc = cloudevents.Encoder("hv1", "1733100000000000-42")
+    rng = random.Random(7)
+    base = 1_733_100_000.0
+    # Random times, and times a hair from a second boundary (rounding up into the next).
+    times = [base + rng.random() * 100 for _ in range(2000)]
+    times += [base + s + f for s in range(5) for f in (0.9999995, 0.9999994999, 5e-7, 0.0)]
+    for seq, when in enumerate(times, 1):
+        for subject in ("tap0", None):
+            ev = cloudevents.Event(seq, "link.changed", subject, {"mtu": seq}, when)
+            mid = cloudevents.event_id("1733100000000000-42", seq)
+            assert enc.encode(ev, mid) == cloudevents.encode(ev, "hv1", "1733100000000000-42")
+
+
+def test_the_buffered_gauge_is_read_when_scraped() -> None:
+    bus = EventBus("hv1", 100, epoch="e1")
+    for i in range(4):
+        bus.emit("x", None, {"i": i})
+    assert metrics.REGISTRY.get_sample_value("vnetd_events_buffered") == 4
+    bus.confirmed(len(bus.take(3)))
+    assert metrics.REGISTRY.get_sample_value("vnetd_events_buffered") == 1

@@ -44,3 +44,24 @@ def test_same_bytes_as_pamqp(channel: int, exchange: str, key: str, mid: str, mo
 def test_a_short_string_over_255_bytes_is_refused() -> None:
     with pytest.raises(ValueError, match="at most 255 bytes"):
         frames.publish(1, "x", "k" * 256, "t", 2, "m", b"{}", 1000)
+
+
+@settings(max_examples=150, deadline=None)
+@given(channel=st.integers(1, 65535), exchange=exchanges, keys=st.lists(names, min_size=1,
+                                                                         max_size=4),
+       mid=names.filter(bool), mode=st.sampled_from([1, 2]),
+       bodies=st.lists(st.binary(max_size=3000), min_size=1, max_size=4),
+       max_body=st.integers(100, 4096))
+def test_the_cached_builder_makes_the_same_bytes(channel: int, exchange: str, keys: list[str],
+                                                 mid: str, mode: int, bodies: list[bytes],
+                                                 max_body: int) -> None:
+    ctype = "application/cloudevents+json"
+    build = frames.Publishes(channel, exchange, ctype, mode, max_body)
+    for key in keys + keys:
+        for body in bodies:
+            assert build.build(key, mid, body) == \
+                frames.publish(channel, exchange, key, ctype, mode, mid, body, max_body)
+    with pytest.raises(ValueError, match="at most 255 bytes"):
+        build.build("k" * 256, mid, b"{}")
+    with pytest.raises(ValueError, match="at most 255 bytes"):
+        build.build("k", "m" * 256, b"{}")

@@ -255,3 +255,20 @@ async def test_one_read_gives_one_event_per_object_that_changed() -> None:
     w.on_readable()
     assert sink.types() == [("address.removed", "tap0"), ("link.removed", "tap0")]
     assert set(w.links) == {1, 7}
+
+
+async def test_the_decoders_repeated_link_object_is_no_event_but_its_deletion_is() -> None:
+    # net/linkcache.py returns the very Link of the last state for a repeat of it; an
+    # RTM_DELLINK of that state comes back as the same object too.
+    mon, sink = FakeMonitor(), Sink()
+    w = await started(mon, sink, [])
+    t = link(5, "tap0")
+    w.feed([new(t)])
+    w.feed([new(t)])
+    w.feed_batch([new(t), new(t)])
+    assert sink.types() == [("link.added", "tap0")]
+    w.feed_batch([new(t), gone(t)])
+    assert sink.types()[-1] == ("link.removed", "tap0") and 5 not in w.links
+    w.feed([new(t)])
+    w.feed([gone(t)])
+    assert sink.types()[-2:] == [("link.added", "tap0"), ("link.removed", "tap0")]

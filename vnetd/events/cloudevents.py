@@ -43,14 +43,19 @@ def event_id(epoch: str, sequence: int) -> str:
     return f"{epoch}-{sequence}"
 
 
+def envelope_time(when: float) -> str:
+    """RFC 3339 in UTC with microseconds, as the `time` attribute carries it."""
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z")
+
+
 def envelope(event: Event, host_id: str, epoch: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "specversion": SPECVERSION,
         "id": event_id(epoch, event.sequence),
         "source": source_of(host_id),
         "type": TYPE_PREFIX + event.type,
-        "time": datetime.fromtimestamp(event.time, UTC).isoformat(timespec="microseconds")
-        .replace("+00:00", "Z"),
+        "time": envelope_time(event.time),
         "datacontenttype": "application/json",
         "sequence": event.sequence,
         "epoch": epoch,
@@ -63,6 +68,46 @@ def envelope(event: Event, host_id: str, epoch: str) -> dict[str, Any]:
 
 def encode(event: Event, host_id: str, epoch: str) -> bytes:
     return orjson.dumps(envelope(event, host_id, epoch))
+
+
+class Encoder:
+    """`encode` for one host and epoch, for the publisher's stream: the same bytes, but
+    the date and time up to the second are formatted once per second (datetime's
+    formatting was a third of the cost of an event's encoding)."""
+
+    def __init__(self, host_id: str, epoch: str) -> None:
+        self.host_id = host_id
+        self.epoch = epoch
+        self._source = source_of(host_id)
+        self._second = -1.0
+        self._prefix = ""
+
+    def time(self, when: float) -> str:
+        second, fraction = divmod(when, 1.0)
+        micros = round(fraction * 1e6)  # what datetime.fromtimestamp does (half even)
+        if micros >= 1_000_000 or second != self._second:
+            if micros >= 1_000_000:  # rounds up into the next second: the slow way
+                return envelope_time(when)
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f"{self._prefix}{micros:06d}Z"
+
+    def encode(self, event: Event, message_id: str) -> bytes:
+        """The event's body; `message_id` is event_id(epoch, event.sequence)."""
+        body: dict[str, Any] = {
+            "specversion": SPECVERSION,
+            "id": message_id,
+            "source": self._source,
+            "type": TYPE_PREFIX + event.type,
+            "time": self.time(event.time),
+            "datacontenttype": "application/json",
+            "sequence": event.sequence,
+            "epoch": self.epoch,
+            "data": event.data,
+        }
+        if event.subject is not None:
+            body["subject"] = event.subject
+        return orjson.dumps(body)
 
 
 def decode(body: bytes) -> dict[str, Any]:

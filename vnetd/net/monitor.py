@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vnetd.net import rtnl
+from vnetd.net.linkcache import LinkDecoder
 from vnetd.net.model import Address, Link
 from vnetd.net.netns import NamespaceWorker
 from vnetd.net.rtnl import (
@@ -73,8 +74,12 @@ class Control:
 Message = LinkEvent | AddressEvent | Control
 
 
-def decode(buf: rtnl.Buffer, size: int | None = None) -> list[Message]:
-    """Every message of one netlink datagram that vnetd cares about, in order."""
+def decode(buf: rtnl.Buffer, size: int | None = None,
+           links: LinkDecoder | None = None) -> list[Message]:
+    """Every message of one netlink datagram that vnetd cares about, in order.
+
+    With `links`, link messages go through that decoder (the same result as
+    rtnl.decode_link, from remembered layouts: see net/linkcache.py)."""
     end_all = len(buf) if size is None else size
     out: list[Message] = []
     pos = 0
@@ -88,7 +93,9 @@ def decode(buf: rtnl.Buffer, size: int | None = None) -> list[Message]:
             # joining or leaving a bridge sends RTM_DELLINK/AF_BRIDGE while the link
             # itself stays): the link's own AF_UNSPEC message tells its state.
             if buf[body] != socket.AF_BRIDGE:
-                out.append(LinkEvent(mtype == RTM_DELLINK, rtnl.decode_link(buf, body, end)))
+                link = (links.decode(buf, pos, end) if links is not None
+                        else rtnl.decode_link(buf, body, end))
+                out.append(LinkEvent(mtype == RTM_DELLINK, link))
         elif mtype in (RTM_NEWADDR, RTM_DELADDR):
             addr = rtnl.decode_address(buf, body, end)
             if addr is not None:
@@ -137,6 +144,7 @@ class MonitorSocket:
         self._sock: socket.socket | None = None
         self._buf = bytearray(self.RECV_BYTES)
         self._seq = 0
+        self._links = LinkDecoder()
 
     async def open(self) -> int:
         """(Re)open the socket inside the namespace; returns its file descriptor."""
@@ -184,7 +192,7 @@ class MonitorSocket:
                 raise
             if n == 0:
                 break
-            out.extend(decode(buf, n))
+            out.extend(decode(buf, n, self._links))
         return out
 
     def close_socket(self) -> None:

@@ -17,6 +17,7 @@ from vnetd.amqp.connection import BrokerLink
 from vnetd.amqp.consumer import JobConsumer, JobObserver
 from vnetd.amqp.dedupe import ReplyCache
 from vnetd.amqp.quarantine import FlightRecorder, Quarantine
+from vnetd.amqp.renewing import RenewingPublisher
 from vnetd.amqp.retry import RetryPolicy
 from vnetd.amqp.tls import tls_context
 from vnetd.config import Settings
@@ -242,7 +243,9 @@ class Daemon:
                                    attempts=s.amqp.retry_attempts)
         self.consumer = JobConsumer(channel, topo.queue, dispatcher.execute, cache,
                                     s.host_id, rt.observers, _quarantine(s), retry_policy,
-                                    allowed_senders=frozenset(s.amqp.allowed_senders))
+                                    allowed_senders=frozenset(s.amqp.allowed_senders),
+                                    aside=RenewingPublisher(
+                                        lambda: rt.connection.channel(publisher_confirms=True)))
         await self.consumer.start()
 
     async def _shutdown(self) -> None:

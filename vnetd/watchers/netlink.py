@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -91,8 +92,14 @@ def address_data(addr: Address, interface: str | None) -> dict[str, Any]:
     }
 
 
+_TRACKED_VALUES = operator.attrgetter(*(attr for attr, _ in TRACKED))
+_TRACKED_KEYS = tuple(key for _, key in TRACKED)
+
+
 def link_changes(before: Link, after: Link) -> list[str]:
-    changes = [key for attr, key in TRACKED if getattr(before, attr) != getattr(after, attr)]
+    old, new = _TRACKED_VALUES(before), _TRACKED_VALUES(after)
+    changes = [] if old == new else [
+        key for key, a, b in zip(_TRACKED_KEYS, old, new, strict=True) if a != b]
     if before.owned != after.owned:
         changes.append("owned")
     return changes
@@ -109,6 +116,8 @@ class NetlinkWatcher:
         self._owned: Counter[str] = Counter()
         """Owned links in `links` by kind, kept as the view changes (metrics read it)."""
         self.addrs: dict[AddrKey, Address] = {}
+        self._views: dict[int, tuple[Link, dict[str, Any]]] = {}
+        """The view last published for a link's state (its `previous` next time)."""
         self.overruns = 0
         self.resyncs = 0
         self.state = "stopped"
@@ -297,21 +306,32 @@ class NetlinkWatcher:
         link = msg.link
         idx = link.index
         before = self.links.get(idx)
+        if before is link and not msg.deleted:
+            return  # the decoder's answer to a repeat of the last state (net/linkcache.py)
         if before is not None and before.owned:
             self._owned[before.kind] -= 1
+        # Inside a batch (feed_batch) only the view changes: the batch's diff makes the
+        # events, so building them here would be thrown away.
+        quiet = self.sink is _QUIET
         if msg.deleted:
             if before is None:
                 return
             del self.links[idx]
+            self._views.pop(idx, None)
             names = {idx: before.name}
             for key in [k for k in self.addrs if k[0] == idx]:
                 gone = self.addrs.pop(key)
-                self.sink.emit("address.removed", before.name, address_data(gone, before.name))
-            self.sink.emit("link.removed", before.name, self._view(before, names))
+                if not quiet:
+                    self.sink.emit("address.removed", before.name,
+                                   address_data(gone, before.name))
+            if not quiet:
+                self.sink.emit("link.removed", before.name, self._view(before, names))
             return
         self.links[idx] = link
         if link.owned:
             self._owned[link.kind] += 1
+        if quiet:
+            return
         if before is None:
             self.sink.emit("link.added", link.name, self._view(link, _NO_NAMES))
             return
@@ -320,13 +340,16 @@ class NetlinkWatcher:
     def _apply_addr(self, msg: AddressEvent) -> None:
         addr = msg.address
         key = addr.key
+        quiet = self.sink is _QUIET
         if msg.deleted:
-            if self.addrs.pop(key, None) is None:
+            if self.addrs.pop(key, None) is None or quiet:
                 return
             name = self._name(addr.index, _NO_NAMES)
             self.sink.emit("address.removed", name, address_data(addr, name))
         elif addr.index in self.links and key not in self.addrs:
             self.addrs[key] = addr
+            if quiet:
+                return
             name = self._name(addr.index, _NO_NAMES)
             self.sink.emit("address.added", name, address_data(addr, name))
         elif addr.index in self.links:
@@ -336,10 +359,14 @@ class NetlinkWatcher:
         changes = link_changes(before, after)
         if not changes:
             return False
-        data = self._view(after, names)
-        old = self._view(before, names)
-        data["changes"] = changes
-        data["previous"] = {k: old[k] for k in changes if k in old}
+        # The view of `before` was made when it was the new state (unless its master's
+        # name is what changed: that one is resolved now, as the data's is).
+        cached = self._views.get(before.index)
+        old = (cached[1] if cached is not None and cached[0] is before and "master" not in changes
+               else self._view(before, names))
+        view = self._view(after, names)
+        self._views[after.index] = (after, view)  # kept as it is: the event gets a copy
+        data = {**view, "changes": changes, "previous": {k: old[k] for k in changes if k in old}}
         self.sink.emit("link.changed", after.name, data)
         return True
 
@@ -422,6 +449,7 @@ class NetlinkWatcher:
         before_addrs: dict[AddrKey, Address | None] = dict(self.addrs)
         names = {idx: link.name for idx, link in self.links.items()}
         self.links = self._next_links
+        self._views = {i: v for i, v in self._views.items() if i in self.links}
         self._owned = Counter(link.kind for link in self.links.values() if link.owned)
         self.addrs = {k: a for k, a in self._next_addrs.items() if k[0] in self.links}
         self._next_links, self._next_addrs = {}, {}
