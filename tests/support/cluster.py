@@ -219,6 +219,12 @@ def queue_online(cluster: Cluster, queue: str) -> tuple[list[str], list[str]]:
     raise LookupError(f"queue {queue} not found in:\n{out}")
 
 
+def leaders(cluster: Cluster) -> dict[str, str]:
+    """Every queue's leader node (quorum queues; a classic queue's node)."""
+    out = cluster.ctl("list_queues", "-q", "--no-table-headers", "name", "leader")
+    return dict(line.split("\t")[:2] for line in out.splitlines() if line.count("\t") >= 1)
+
+
 def wait_member_online(cluster: Cluster, node: LabBroker, queues: list[str],
                        timeout: float = 60.0) -> None:
     """Until `node` is a member of every queue and online in it (its Raft member runs)."""
@@ -407,3 +413,13 @@ def frozen(node: LabBroker) -> Iterator[None]:
     finally:
         os.kill(pid, signal.SIGCONT)
 
+
+async def kill_now(node: LabBroker) -> float:
+    """SIGKILL the node's Erlang VM at once (broker.sh kill takes about 2 s here to
+    find the process: too late to land inside a broadcast that lasts 0.2 s), then
+    let broker.sh tidy up (pid file, epmd). Returns when the signal was sent."""
+    pid = int((node.base / "rabbit.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    sent = time.monotonic()
+    await node.akill()
+    return sent

@@ -55,7 +55,8 @@ def error_from_errno(code: int, what: str) -> VnetdError:
     text = f"{what}: {os.strerror(code)}"
     if code in (errno.ENODEV, errno.ENOENT, errno.ENXIO):
         return NotFound(text, errno=code)
-    if code in (errno.EEXIST, errno.EBUSY, errno.ELOOP, errno.ENOTEMPTY):
+    # EXFULL: the bridge already has its 1,023 ports (BR_MAX_PORTS), a state, not a bug
+    if code in (errno.EEXIST, errno.EBUSY, errno.ELOOP, errno.ENOTEMPTY, errno.EXFULL):
         return Conflict(text, errno=code)
     if code in (errno.EPERM, errno.EACCES):
         return Forbidden(text, errno=code)
