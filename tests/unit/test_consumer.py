@@ -39,6 +39,12 @@ def consumer(channel: FakeChannel, handler: Handler, *,
                        retry_policy=policy)
 
 
+async def deliver(c: JobConsumer, channel: FakeChannel, msg: FakeMessage) -> None:
+    """`msg` delivered on `channel` and handled, its settlement written."""
+    await c._on_message(channel.deliver(msg))
+    await c.drain(1.0)
+
+
 def replies(channel: FakeChannel) -> list[dict[str, Any]]:
     return [orjson.loads(p.message.body) for p in channel.to("", "reply-q")]
 
@@ -47,7 +53,7 @@ async def test_a_result_that_cannot_be_serialised_is_answered_internal_and_settl
     channel = FakeChannel()
     msg = FakeMessage(DEFINE, message_id="m1", reply_to="reply-q")
     c = consumer(channel, Handler(result={"name": "br0", "odd": object()}))
-    await c._on_message(msg.as_message())
+    await deliver(c, channel, msg)
     [reply] = replies(channel)
     assert reply["ok"] is False and reply["error"]["code"] == "internal"
     assert "cannot be serialised" in reply["error"]["message"]
@@ -58,7 +64,7 @@ async def test_a_result_that_cannot_be_serialised_is_answered_internal_and_settl
 async def test_an_unexpected_exception_from_execute_is_internal_too() -> None:
     channel = FakeChannel()
     msg = FakeMessage(DEFINE, reply_to="reply-q")
-    await consumer(channel, Handler(error=KeyError("x")))._on_message(msg.as_message())
+    await deliver(consumer(channel, Handler(error=KeyError("x"))), channel, msg)
     assert replies(channel)[0]["error"]["code"] == "internal"
     assert msg.settled == "reject"
 
@@ -68,7 +74,7 @@ async def test_unavailable_without_reply_to_goes_to_the_retry_queue_then_acked()
     msg = FakeMessage(DEFINE, message_id="m2", headers={"trace": "t1"})
     handler = Handler(error=Unavailable("libvirtd is unreachable"))
     c = consumer(channel, handler)
-    await c._on_message(msg.as_message())
+    await deliver(c, channel, msg)
     [again] = channel.to("", POLICY.queue)
     assert again.message.body == DEFINE and again.message.message_id == "m2"
     assert again.message.headers[ATTEMPT_HEADER] == 2
@@ -84,8 +90,8 @@ async def test_the_last_attempt_is_dead_lettered_with_the_reason() -> None:
     channel = FakeChannel()
     msg = FakeMessage(DEFINE, message_id="m3", headers={ATTEMPT_HEADER: 3,
                                                         "x-death": [{"count": 2}]})
-    await consumer(channel, Handler(error=Unavailable("libvirtd is unreachable")))._on_message(
-        msg.as_message())
+    c = consumer(channel, Handler(error=Unavailable("libvirtd is unreachable")))
+    await deliver(c, channel, msg)
     assert channel.to("", POLICY.queue) == []
     [dead] = channel.to("vnetd.dead")
     assert dead.message.headers[ATTEMPT_HEADER] == 3
@@ -98,7 +104,7 @@ async def test_the_last_attempt_is_dead_lettered_with_the_reason() -> None:
 async def test_unavailable_with_reply_to_is_answered_once_and_acked() -> None:
     channel = FakeChannel()
     msg = FakeMessage(DEFINE, reply_to="reply-q")
-    await consumer(channel, Handler(error=Unavailable("down")))._on_message(msg.as_message())
+    await deliver(consumer(channel, Handler(error=Unavailable("down"))), channel, msg)
     assert [r["error"]["code"] for r in replies(channel)] == ["unavailable"]
     assert channel.to("", POLICY.queue) == [] and channel.to("vnetd.dead") == []
     assert msg.settled == "ack"
@@ -107,8 +113,8 @@ async def test_unavailable_with_reply_to_is_answered_once_and_acked() -> None:
 async def test_without_a_retry_policy_a_temporary_failure_is_still_not_dropped() -> None:
     channel = FakeChannel()
     msg = FakeMessage(DEFINE)
-    await consumer(channel, Handler(error=Unavailable("down")), policy=None)._on_message(
-        msg.as_message())
+    c = consumer(channel, Handler(error=Unavailable("down")), policy=None)
+    await deliver(c, channel, msg)
     assert len(channel.to("vnetd.dead")) == 1 and msg.settled == "ack"
 
 
@@ -116,7 +122,7 @@ async def test_without_a_retry_policy_a_temporary_failure_is_still_not_dropped()
 async def test_a_forged_attempt_header_counts_as_the_first(header: object) -> None:
     channel = FakeChannel()
     msg = FakeMessage(DEFINE, headers={ATTEMPT_HEADER: header})
-    await consumer(channel, Handler(error=Unavailable("down")))._on_message(msg.as_message())
+    await deliver(consumer(channel, Handler(error=Unavailable("down"))), channel, msg)
     [again] = channel.to("", POLICY.queue)
     assert again.message.headers[ATTEMPT_HEADER] == 2
 
@@ -134,9 +140,9 @@ async def test_observers_hear_of_a_retried_job_once_with_its_final_outcome() -> 
     handler = Handler(error=Unavailable("down"))
     c = JobConsumer(channel.as_channel(), no_queue(), handler, ReplyCache(60, 100), "hv1",
                     observers=[seen], retry_policy=POLICY)
-    await c._on_message(FakeMessage(DEFINE, message_id="m9").as_message())
+    await deliver(c, channel, FakeMessage(DEFINE, message_id="m9"))
     assert seen.records == []  # sent to run again: not finished
     handler.error = None
-    await c._on_message(FakeMessage(DEFINE, message_id="m9",
-                                    headers={ATTEMPT_HEADER: 2}).as_message())
+    await deliver(c, channel, FakeMessage(DEFINE, message_id="m9",
+                                    headers={ATTEMPT_HEADER: 2}))
     assert [(r.op, r.ok) for r in seen.records] == [("bridge.ensure", True)]

@@ -31,7 +31,7 @@ async def test_a_delivery_cancelled_by_its_channel_still_runs_its_job_to_the_end
     channel, job = FakeChannel(), Slow()
     c = consumer(channel, job)  # type: ignore[arg-type]
     msg = FakeMessage(DEFINE, message_id="m1", reply_to="reply-q")
-    delivery = asyncio.create_task(c._on_message(msg.as_message()))
+    delivery = asyncio.create_task(c._on_message(channel.deliver(msg)))
     await job.started.wait()
     delivery.cancel()  # what aiormq does to a delivery when the channel closes
     await asyncio.sleep(0.05)
@@ -45,7 +45,7 @@ async def test_abandon_ends_the_jobs_left_unacked_and_unanswered() -> None:
     channel, job = FakeChannel(), Slow()
     c = consumer(channel, job)  # type: ignore[arg-type]
     msg = FakeMessage(DEFINE, message_id="m1", reply_to="reply-q")
-    delivery = asyncio.create_task(c._on_message(msg.as_message()))
+    delivery = asyncio.create_task(c._on_message(channel.deliver(msg)))
     await job.started.wait()
     await c.stop()
     assert await c.drain(0.05) == 1  # the drain bound ran out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
@@ -175,6 +176,63 @@ async def test_a_cancelled_waiter_does_not_leak_its_lock() -> None:
     assert locks._locks == {}
     async with locks.hold(["k"]):  # still usable afterwards
         assert locks._locks["k"].users == 1
+
+
+async def test_shared_and_exclusive_holders_never_overlap_under_contention() -> None:
+    """Random sharers and exclusive holders of one key (the fast path without waiters
+    and the Condition with them): never an exclusive holder beside anyone else, and an
+    exclusive waiter keeps new sharers out until it had its turn."""
+    locks = KeyedLocks()
+    rng = random.Random(7)
+    shared_in, exclusive_in, violations = 0, 0, []
+
+    async def job(i: int, exclusive: bool) -> None:
+        nonlocal shared_in, exclusive_in
+        await asyncio.sleep(rng.random() * 0.005)
+        async with locks.hold(["k"] if exclusive else [], [] if exclusive else ["k"]):
+            if exclusive:
+                exclusive_in += 1
+            else:
+                shared_in += 1
+            if exclusive_in > 1 or (exclusive_in and shared_in):
+                violations.append(i)
+            await asyncio.sleep(rng.random() * 0.002)
+            if exclusive:
+                exclusive_in -= 1
+            else:
+                shared_in -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(job(i, rng.random() < 0.2) for i in range(300))),
+                           20)
+    assert violations == [] and locks._locks == {}
+
+
+async def test_an_exclusive_waiter_goes_before_later_sharers() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+    first_in, release = asyncio.Event(), asyncio.Event()
+
+    async def sharer(name: str, hold: asyncio.Event | None = None) -> None:
+        async with locks.hold([], ["k"]):
+            order.append(name)
+            if hold is not None:
+                first_in.set()
+                await hold.wait()
+
+    async def exclusive() -> None:
+        async with locks.hold(["k"]):
+            order.append("x")
+
+    a = asyncio.create_task(sharer("a", release))
+    await first_in.wait()
+    x = asyncio.create_task(exclusive())
+    await asyncio.sleep(0.01)
+    b = asyncio.create_task(sharer("b"))
+    await asyncio.sleep(0.01)
+    assert order == ["a"]  # b waits behind the exclusive waiter
+    release.set()
+    await asyncio.gather(a, x, b)
+    assert order == ["a", "x", "b"] and locks._locks == {}
 
 
 async def test_dispatcher_serialises_jobs_on_one_name(net: FakeNet, call: Caller) -> None:

@@ -63,9 +63,10 @@ async def unavailable(cmd: Command) -> dict[str, Any]:
     raise Unavailable("libvirtd is unreachable")
 
 
-def consumer(channels: Channels) -> JobConsumer:
-    return JobConsumer(FakeChannel().as_channel(), no_queue(), unavailable, ReplyCache(60, 100),
-                       "hv1", retry_policy=POLICY, aside=RenewingPublisher(channels))
+def consumer(channels: Channels, jobs: FakeChannel | None = None) -> JobConsumer:
+    return JobConsumer((jobs or FakeChannel()).as_channel(), no_queue(), unavailable,
+                       ReplyCache(60, 100), "hv1", retry_policy=POLICY,
+                       aside=RenewingPublisher(channels))
 
 
 @pytest.fixture(autouse=True)
@@ -74,10 +75,11 @@ def short_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_a_nacked_retry_copy_is_published_again_on_a_new_channel_then_acked() -> None:
-    channels = Channels(stuck=2)
-    c = consumer(channels)
+    channels, jobs = Channels(stuck=2), FakeChannel()
+    c = consumer(channels, jobs)
     msg = FakeMessage(DEFINE, message_id="m1")
-    await c._on_message(msg.as_message())
+    await c._on_message(jobs.deliver(msg))
+    await c.drain(1.0)  # the ack written
     assert len(channels.made) == 3
     assert all(cast(StuckChannel, ch).closed for ch in channels.made[:2])
     [again] = channels.made[2].to("", POLICY.queue)
@@ -87,18 +89,20 @@ async def test_a_nacked_retry_copy_is_published_again_on_a_new_channel_then_acke
 
 
 async def test_the_channel_is_kept_while_the_broker_confirms() -> None:
-    channels = Channels(stuck=0)
-    c = consumer(channels)
+    channels, jobs = Channels(stuck=0), FakeChannel()
+    c = consumer(channels, jobs)
     for i in range(3):
-        await c._on_message(FakeMessage(DEFINE, message_id=f"m{i}").as_message())
+        await c._on_message(jobs.deliver(FakeMessage(DEFINE, message_id=f"m{i}")))
     assert len(channels.made) == 1 and len(channels.made[0].to("", POLICY.queue)) == 3
 
 
 async def test_nacked_for_too_long_the_job_is_left_unacked_for_redelivery(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(renewing, "GIVE_UP_AFTER", 0.05)
-    c = consumer(Channels(stuck=1000))
+    jobs = FakeChannel()
+    c = consumer(Channels(stuck=1000), jobs)
     msg = FakeMessage(DEFINE, message_id="m9")
     with pytest.raises(aiormq.exceptions.DeliveryError):
-        await c._on_message(msg.as_message())
+        await c._on_message(jobs.deliver(msg))
+    await c.drain(1.0)
     assert msg.settled is None  # neither acked nor dropped: the broker gets it back

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import aio_pika
+import aiormq
 import orjson
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, ConsumerTag
 
 from vnetd.amqp import failpoints, retry
 from vnetd.amqp.dedupe import ReplyCache
+from vnetd.amqp.outbox import Outbox
 from vnetd.amqp.outcome import Action, Delivery, Outcome, failure, success
 from vnetd.amqp.quarantine import Quarantine, job_key
 from vnetd.amqp.renewing import RenewingPublisher
 from vnetd.amqp.retry import RetryPolicy, delivery_of
 from vnetd.contract.base import Command
-from vnetd.contract.commands import OPS, parse_request
+from vnetd.contract.commands import OPS, parse_args, parse_request
 from vnetd.contract.errors import Forbidden, Internal, InvalidArgument, VnetdError
 
 log = structlog.get_logger("vnetd.jobs")
@@ -49,7 +52,7 @@ class JobObserver(Protocol):
     def job_finished(self, record: JobRecord) -> None: ...
 
 
-Execute = Callable[[Command], Awaitable[dict[str, Any]]]
+Execute = Callable[[Command], Coroutine[Any, Any, dict[str, Any]]]
 
 
 class JobConsumer:
@@ -79,8 +82,13 @@ class JobConsumer:
         self._jobs: set[asyncio.Task[Any]] = set()
         """The jobs themselves (run_to_end's inner tasks), for `abandon`."""
         self.stopping = False
+        self._outbox: Outbox | None = None
+        """Replies, acks and rejects of the deliveries on the current channel."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """Kept: asyncio.get_running_loop() costs a getpid() per call on Python 3.11."""
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._tag = await self.queue.consume(self._on_message, no_ack=False)
 
     async def stop(self) -> None:
@@ -96,9 +104,12 @@ class JobConsumer:
     async def drain(self, timeout: float) -> int:
         """Wait for jobs in flight; returns how many were left (to be redelivered)."""
         pending = {t for t in self._inflight if not t.done()}
-        if not pending:
-            return 0
-        _, still = await asyncio.wait(pending, timeout=timeout)
+        still: set[asyncio.Task[Any]] = set()
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout)
+        if self._outbox is not None:  # the last acks, into the write queue before a close
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.flushed(), timeout)
         return len(still)
 
     async def abandon(self, timeout: float) -> int:
@@ -133,7 +144,10 @@ class JobConsumer:
         return len(self._inflight)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is not None:
             self._inflight.add(task)
         try:
@@ -158,7 +172,7 @@ class JobConsumer:
                 cached = None  # the first delivery did not finish: run this one
         if cached is not None:
             await self._reply(message, cached)
-            await message.ack()
+            self._ack(message)
             self._observe(message, "duplicate", None, None, started, duplicate=True)
             return
 
@@ -184,11 +198,11 @@ class JobConsumer:
         finished: list[Outcome] = []
         try:
             async with self.quarantine.running(key):
-                decoded = self._decode(message)
+                op, decoded = self._decode(message)
                 if isinstance(decoded, Outcome):
-                    op, outcome = _op_label(message.body), decoded
+                    outcome = decoded
                 else:
-                    cmd, op = decoded, decoded.op
+                    cmd = decoded
                     outcome = await self._run(cmd, delivery, finished)
                 failpoints.hit("after_effect", op)
                 if outcome.action is not Action.RETRY:  # a retried job is answered once, later
@@ -215,7 +229,7 @@ class JobConsumer:
             f"this one came from {message.user_id or 'a sender without user_id'}",
             user_id=message.user_id))
         await self._reply(message, refused.reply)
-        await message.ack()
+        self._ack(message)
         log.warning("job_forbidden_sender", user_id=message.user_id,
                     message_id=message.message_id)
         self._observe(message, _op_label(message.body), None, refused, started)
@@ -224,7 +238,8 @@ class JobConsumer:
                    finished: list[Outcome] | None = None) -> Outcome:
         """The job's outcome; never raises (but for a cancellation, after which the
         outcome of the job, which ran to its end, is put in `finished`)."""
-        job = asyncio.ensure_future(self.execute(cmd))
+        loop = self._loop or asyncio.get_running_loop()
+        job: asyncio.Task[dict[str, Any]] = loop.create_task(self.execute(cmd))
         self._jobs.add(job)  # only `abandon` (a stop after a drain timeout) cancels it
         job.add_done_callback(self._jobs.discard)
         try:
@@ -249,39 +264,53 @@ class JobConsumer:
         return failure(Internal(f"{cmd.op} failed unexpectedly: {type(exc).__name__}",
                                 op=cmd.op))
 
-    def _decode(self, message: AbstractIncomingMessage) -> Command | Outcome:
-        """The validated command, or the outcome of a request that is not one."""
+    def _decode(self, message: AbstractIncomingMessage) -> tuple[str, Command | Outcome]:
+        """The op's metric label and the validated command, or the outcome of a request
+        that is not one. The body is parsed once (the label of a rejected request used
+        to parse it a second time)."""
         if len(message.body) > MAX_BODY_BYTES:
-            return failure(InvalidArgument(
+            return "invalid", failure(InvalidArgument(
                 f"request body is {len(message.body)} bytes; the limit is {MAX_BODY_BYTES}"),
                 malformed=True)
         try:
             body = orjson.loads(message.body)
         except orjson.JSONDecodeError as exc:
-            return failure(InvalidArgument(f"request body is not valid JSON: {exc}"),
-                           malformed=True)
+            return "invalid", failure(InvalidArgument(f"request body is not valid JSON: {exc}"),
+                                      malformed=True)
         if not isinstance(body, dict):
-            return failure(InvalidArgument(
+            return "invalid", failure(InvalidArgument(
                 f"request body must be a JSON object, got {type(body).__name__}"), malformed=True)
+        op = body.get("op")
         try:
-            return parse_request(body)
+            args = _plain_envelope(body, op)
+            # A plain envelope's checks are done: its args go straight to their model
+            # (validating the envelope with pydantic too cost a second validation).
+            cmd = parse_request(body) if args is None else parse_args(cast(str, op), args)
         except InvalidArgument as exc:
-            return failure(exc)
+            return (op if isinstance(op, str) and op in OPS else "invalid"), failure(exc)
+        return cmd.op, cmd
+
+    def _box(self, message: AbstractIncomingMessage) -> Outbox:
+        """The outbox of the channel `message` came on (its delivery tag means nothing
+        on another); raises ChannelInvalidStateError when that channel is closed."""
+        channel = cast(aiormq.Channel, message.channel)
+        box = self._outbox
+        if box is None or box.channel is not channel:
+            box = self._outbox = Outbox.for_channel(channel, self.host_id)
+        return box
 
     async def _reply(self, message: AbstractIncomingMessage, body: bytes) -> None:
         if not message.reply_to:
             return
-        reply = aio_pika.Message(
-            body,
-            content_type="application/json",
-            correlation_id=message.correlation_id,
-            headers={"host_id": self.host_id},
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-        )
-        # Confirmed before the job is acked; not mandatory: a caller that has
-        # gone away must not hold the job.
-        await self.channel.default_exchange.publish(
-            reply, routing_key=message.reply_to, mandatory=False)
+        # Confirmed before the job is acked (the caller awaits the confirm); not
+        # mandatory: a caller that has gone away must not hold the job. On the
+        # delivery's own channel: if it closed, the job is not acked either, and
+        # its redelivery is answered from the reply cache.
+        await self._box(message).reply(message.reply_to, message.correlation_id, body)
+
+    def _ack(self, message: AbstractIncomingMessage) -> None:
+        """Queued for the next write; called only after the reply was confirmed."""
+        self._box(message).ack(_tag_of(message))
 
     async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
         reason = outcome.reason or "unknown"
@@ -297,9 +326,9 @@ class JobConsumer:
             await self._set_aside(lambda ch: retry.give_up(ch, message, reason))
             log.warning("job_given_up", message_id=message.message_id, reason=reason)
         if outcome.action is Action.DEAD_LETTER:
-            await message.reject(requeue=False)
+            self._box(message).reject(_tag_of(message), requeue=False)
         else:
-            await message.ack()
+            self._ack(message)
 
     def _observe(self, message: AbstractIncomingMessage, op: str, cmd: Command | None,
                  outcome: Outcome | None, started: float, *, duplicate: bool = False,
@@ -329,6 +358,27 @@ class JobConsumer:
                 observer.job_finished(record)
             except Exception:
                 log.exception("job_observer_failed", observer=type(observer).__name__)
+
+
+def _tag_of(message: AbstractIncomingMessage) -> int:
+    tag = message.delivery_tag
+    if tag is None:  # only messages from basic.get lack one; consumed ones have it
+        raise Internal("a consumed message without a delivery tag")
+    return tag
+
+
+def _plain_envelope(body: dict[str, Any], op: object) -> dict[str, Any] | None:
+    """The args of a body that Envelope (strict, extra forbidden) accepts as it is: `op`
+    a string of 1 to 64 characters, `args` an object or absent, nothing else. None for
+    anything else, which parse_request then validates (and explains)."""
+    args = body.get("args", _NO_ARGS)
+    if (type(op) is not str or not 0 < len(op) <= 64 or type(args) is not dict
+            or len(body) != (1 if args is _NO_ARGS else 2)):
+        return None
+    return {} if args is _NO_ARGS else args
+
+
+_NO_ARGS: dict[str, Any] = {}
 
 
 def _op_label(body: bytes) -> str:

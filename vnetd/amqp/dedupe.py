@@ -21,6 +21,8 @@ class ReplyCache:
         self._clock = clock
         self._done: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._running: dict[str, asyncio.Future[bytes]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """Kept: asyncio.get_running_loop() costs a getpid() per call on Python 3.11."""
 
     def _expire(self) -> None:
         cutoff = self._clock() - self.window
@@ -39,7 +41,10 @@ class ReplyCache:
         return self._running.get(message_id)
 
     def start(self, message_id: str) -> None:
-        self._running[message_id] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        self._running[message_id] = loop.create_future()
 
     def finish(self, message_id: str, reply: bytes | None) -> None:
         """Record the reply (None: the job did not finish and must run again)."""

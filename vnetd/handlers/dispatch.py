@@ -24,36 +24,60 @@ log = structlog.get_logger(__name__)
 
 
 class _SharedLock:
-    """Many shared holders or one exclusive holder; exclusive waiters block new sharers."""
+    """Many shared holders or one exclusive holder; exclusive waiters block new sharers.
+
+    Taken and given back without the Condition while nobody waits (nearly always: one
+    job per TAP name), which is most of what a job's locks cost otherwise; with a
+    waiter, every acquire and release goes through the Condition as it always did.
+    """
+
+    __slots__ = ("_cond", "_exclusive", "_shared", "_waiting", "_waiting_exclusive", "users")
 
     def __init__(self) -> None:
-        self._cond = asyncio.Condition()
+        self._cond: asyncio.Condition | None = None
         self._shared = 0
         self._exclusive = False
         self._waiting_exclusive = 0
+        self._waiting = 0
+        """Acquirers on the slow path: while any, releases notify them."""
         self.users = 0
 
     async def acquire(self, exclusive: bool) -> None:
-        async with self._cond:
+        if not self._waiting and not self._exclusive and (
+                not self._shared if exclusive else True):
             if exclusive:
-                self._waiting_exclusive += 1
-                try:
-                    await self._cond.wait_for(lambda: not self._exclusive and not self._shared)
-                finally:
-                    self._waiting_exclusive -= 1
                 self._exclusive = True
             else:
-                await self._cond.wait_for(
-                    lambda: not self._exclusive and not self._waiting_exclusive)
                 self._shared += 1
+            return
+        cond = self._cond
+        if cond is None:
+            cond = self._cond = asyncio.Condition()
+        self._waiting += 1
+        try:
+            async with cond:
+                if exclusive:
+                    self._waiting_exclusive += 1
+                    try:
+                        await cond.wait_for(lambda: not self._exclusive and not self._shared)
+                    finally:
+                        self._waiting_exclusive -= 1
+                    self._exclusive = True
+                else:
+                    await cond.wait_for(
+                        lambda: not self._exclusive and not self._waiting_exclusive)
+                    self._shared += 1
+        finally:
+            self._waiting -= 1
 
     async def release(self, exclusive: bool) -> None:
-        async with self._cond:
-            if exclusive:
-                self._exclusive = False
-            else:
-                self._shared -= 1
-            self._cond.notify_all()
+        if exclusive:
+            self._exclusive = False
+        else:
+            self._shared -= 1
+        if self._waiting and self._cond is not None:
+            async with self._cond:
+                self._cond.notify_all()
 
 
 class KeyedLocks:
@@ -68,27 +92,32 @@ class KeyedLocks:
         wanted = {key: True for key in keys}
         for key in shared:
             wanted.setdefault(key, False)
-        async with AsyncExitStack() as stack:
-            for key in sorted(wanted):  # a fixed order: no deadlock between jobs
-                await stack.enter_async_context(self._one(key, wanted[key]))
-            yield
-
-    @asynccontextmanager
-    async def _one(self, key: str, exclusive: bool) -> AsyncIterator[None]:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = _SharedLock()
-        lock.users += 1
+        held: list[tuple[str, _SharedLock, bool]] = []
         try:
-            await lock.acquire(exclusive)
-            try:
-                yield
-            finally:
-                await lock.release(exclusive)
+            for key in sorted(wanted):  # a fixed order: no deadlock between jobs
+                exclusive = wanted[key]
+                lock = self._locks.get(key)
+                if lock is None:
+                    lock = self._locks[key] = _SharedLock()
+                lock.users += 1
+                try:
+                    await lock.acquire(exclusive)
+                except BaseException:
+                    self._unuse(key, lock)
+                    raise
+                held.append((key, lock, exclusive))
+            yield
         finally:
-            lock.users -= 1
-            if lock.users == 0:
-                del self._locks[key]
+            for key, lock, exclusive in reversed(held):  # the reverse order, as taken
+                try:
+                    await lock.release(exclusive)
+                finally:
+                    self._unuse(key, lock)
+
+    def _unuse(self, key: str, lock: _SharedLock) -> None:
+        lock.users -= 1
+        if lock.users == 0:
+            del self._locks[key]
 
 
 class Dispatcher:
