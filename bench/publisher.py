@@ -29,6 +29,7 @@ DATA = {"name": "tap00042", "index": 42, "kind": "tap", "state": "up", "oper_sta
 
 
 async def main(url: str, n: int) -> dict[str, Any]:
+    import vnetd
     from vnetd.events.bus import EventBus
     from vnetd.events.publisher import EventPublisher
 
@@ -63,7 +64,8 @@ async def main(url: str, n: int) -> dict[str, Any]:
     return {"events": n, "emitted_per_s": round(n / t_emit), "delivered_per_s": round(n / t_all),
             "cpu_ms_per_event": round(cpu * 1000 / n, 4),
             "p50_ms": round(lat[len(lat) // 2], 1), "p99_ms": round(lat[int(len(lat) * 0.99)], 1),
-            "pid": os.getpid()}
+            "pid": os.getpid(),
+            "vnetd_from": os.path.dirname(os.path.dirname(os.path.realpath(vnetd.__file__)))}
 
 
 def _cli() -> None:

@@ -477,14 +477,21 @@ async def publisher_scenario(env: Env, plan: Plan, res: Results) -> None:
     before_dir = export_tree(plan.before_ref) if plan.before_ref else None
     if before_dir is not None:
         trees.append((f"before ({plan.before_ref})", str(before_dir)))
+    # Each tree's vnetd under this tree's harness: a directory holding only a `vnetd`
+    # link is the working directory, which `python -m` puts first on sys.path (with
+    # cwd=REPO_ROOT both runs imported the current vnetd, whatever PYTHONPATH said).
+    shims: list[str] = []
     try:
         for rep in range(plan.publisher_reps):
             for label, tree in (trees if rep % 2 == 0 else trees[::-1]):
+                shim = tempfile.mkdtemp(prefix="vnetd-pub-")
+                shims.append(shim)
+                os.symlink(os.path.join(tree, "vnetd"), os.path.join(shim, "vnetd"))
                 proc = await asyncio.to_thread(
                     subprocess.run, [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m",
                                      "bench.publisher", env.amqp_url, str(plan.publisher_n)],
-                    capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
-                    env={**os.environ, "PYTHONPATH": f"{tree}:{REPO_ROOT}"})
+                    capture_output=True, text=True, timeout=600, cwd=shim,
+                    env={**os.environ, "PYTHONPATH": f"{shim}:{REPO_ROOT}"})
                 if proc.returncode != 0:
                     res.notes.append(f"publisher {label} failed: {proc.stderr[-300:]}")
                     continue
@@ -492,6 +499,8 @@ async def publisher_scenario(env: Env, plan: Plan, res: Results) -> None:
                 res.publisher.append(row)
                 log(f"publisher: {row}")
     finally:
+        for shim in shims:
+            subprocess.run(["rm", "-rf", shim], check=False)
         if before_dir is not None:
             subprocess.run(["rm", "-rf", str(before_dir)], check=False)
 

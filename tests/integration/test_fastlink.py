@@ -14,7 +14,7 @@ from tests.support import netns as netns_mod
 from tests.support.pyroute2_ref import link_from_pyroute2
 from vnetd.contract.errors import Conflict, NotFound
 from vnetd.net import rtnl
-from vnetd.net.model import CREATING_GROUP, OWNER_ALIAS, BridgeOptions, LinkChange, TapSpec
+from vnetd.net.model import CREATING_GROUP, OWNER_ALIAS, BridgeOptions, Link, LinkChange, TapSpec
 from vnetd.net.netlink import NetlinkBackend
 
 pytestmark = pytest.mark.integration
@@ -221,3 +221,39 @@ async def test_concurrent_dumps_take_turns(netns: str) -> None:
         assert [sorted(link.name for link in d) for d in dumps] == [["fdbr", "lo"]] * 8
     finally:
         await net.close()
+
+
+async def test_add_taps_pipelined_keeps_nothing_after_a_failure(netns: str) -> None:
+    """Many creations at once (one write for every marking request): each kept TAP is
+    whole; with stop_on_error, the TAPs after the first failure are gone (they were
+    never persistent), as if made one by one and stopped there."""
+    _ip(netns, "link", "add", "abr", "type", "bridge")
+    net = NetlinkBackend(netns)
+    try:
+        br = await net.get_link("abr")
+        assert br is not None
+
+        def items(prefix: str) -> list[tuple[TapSpec, LinkChange]]:
+            out = [(TapSpec(name=f"{prefix}{i}", ipv6=False),
+                    LinkChange(master=br.index, up=True, mtu=1400)) for i in range(5)]
+            out[2] = (TapSpec(name=f"{prefix}2"), LinkChange(master=2**31 - 1))  # EINVAL
+            return out
+
+        stopped = await net.add_taps(items("p"), stop_on_error=True)
+        assert [type(r).__name__ for r in stopped] == ["Link", "Link", "InvalidArgument",
+                                                        "NoneType", "NoneType"]
+        first = stopped[0]
+        assert isinstance(first, Link) and first.tun is not None and first.tun.persistent
+        assert (first.name, first.master, first.mtu, first.up, first.owned) == (
+            "p0", br.index, 1400, True, True)
+        went_on = await net.add_taps(items("q"), stop_on_error=False)
+        assert [type(r).__name__ for r in went_on] == ["Link", "Link", "InvalidArgument",
+                                                        "Link", "Link"]
+    finally:
+        await net.close()
+    links = netns_mod.links(netns)
+    assert {n for n in links if n[0] in "pq"} == {"p0", "p1", "q0", "q1", "q3", "q4"}
+    for name in ("p0", "p1", "q0", "q1", "q3", "q4"):
+        k = links[name]
+        assert k["master"] == "abr" and k["linkinfo"]["info_data"]["persist"] is True
+        assert k["ifalias"] == OWNER_ALIAS and k["inet6_addr_gen_mode"] == "none"

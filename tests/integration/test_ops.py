@@ -190,6 +190,24 @@ async def test_batch_runs_in_order_and_stops_on_error(rpc: RawRpc, daemon: Daemo
     assert (res["completed"], res["failed"], res["skipped"]) == (2, 1, 0)
     assert "t1" not in ns.links(netns)
 
+    # A run of tap.ensure goes together (one read, the creations pipelined): an error in
+    # it stops the batch there, and nothing after it is left in the kernel.
+    run = [{"op": "tap.ensure", "args": {"name": f"u{i}", "bridge": "br0"}} for i in range(6)]
+    run[3] = {"op": "tap.ensure", "args": {"name": "u3", "bridge": "nosuch"}}
+    res = await ok(rpc, daemon, "batch", commands=run)
+    assert (res["completed"], res["failed"], res["skipped"]) == (3, 1, 2)
+    assert res["results"][3]["error"]["code"] == "not_found"
+    links = ns.links(netns)
+    assert {n for n in links if n.startswith("u")} == {"u0", "u1", "u2"}
+    for i in range(3):
+        assert links[f"u{i}"]["master"] == "br0" and links[f"u{i}"]["ifalias"] == "vnetd:v1"
+        assert res["results"][i]["result"]["master"] == "br0"
+        assert res["results"][i]["result"]["tap"]["persistent"] is True
+    res = await ok(rpc, daemon, "batch", commands=run, stop_on_error=False)
+    assert (res["completed"], res["failed"], res["skipped"]) == (5, 1, 0)
+    assert [r["result"]["created"] for r in res["results"] if r["ok"]] == [False] * 3 + [True] * 2
+    assert {n for n in ns.links(netns) if n.startswith("u")} == {"u0", "u1", "u2", "u4", "u5"}
+
 
 async def test_many_jobs_in_flight_converge(rpc: RawRpc, daemon: DaemonProcess,
                                             netns: str) -> None:

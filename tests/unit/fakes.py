@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vnetd.contract.errors import Conflict, InvalidArgument, NotFound
+from vnetd.contract.errors import Conflict, InvalidArgument, NotFound, VnetdError
 from vnetd.net.backend import NetBackend
 from vnetd.net.model import (
     OWNER_ALIAS,
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from tests.unit.fake_overlay import FakeOverlay
 
 MUTATING = frozenset(
-    {"add_bridge", "add_tap", "finish_creation", "set_tap_owner", "set_link", "change_link",
-     "delete_link", "disable_ipv6", "add_vxlan", "apply"}
+    {"add_bridge", "add_tap", "add_taps", "finish_creation", "set_tap_owner", "set_link",
+     "change_link", "delete_link", "disable_ipv6", "add_vxlan", "apply"}
 )
 Caller = Callable[..., Awaitable[dict[str, Any]]]
 """The `call` fixture: `await call("bridge.ensure", name="br0")` validates and dispatches."""
@@ -269,6 +269,9 @@ class FakeNet:
 
     async def add_tap(self, spec: TapSpec, change: LinkChange) -> Link:
         await self._io(Call("add_tap", (spec, change)))
+        return await self._add_tap(spec, change)
+
+    async def _add_tap(self, spec: TapSpec, change: LinkChange) -> Link:
         if self._find(spec.name) is not None:
             raise Conflict(f"create tap {spec.name}: Device or resource busy", errno=16)
         index = self._new_index()
@@ -298,6 +301,19 @@ class FakeNet:
         if not spec.ipv6:
             self.ipv6_disabled.add(spec.name)
         return link.freeze()
+
+    async def add_taps(self, items: Sequence[tuple[TapSpec, LinkChange]],
+                       stop_on_error: bool) -> list[Link | VnetdError | None]:
+        await self._io(Call("add_taps", (tuple(items), stop_on_error)))
+        out: list[Link | VnetdError | None] = [None] * len(items)
+        for i, (spec, change) in enumerate(items):
+            try:
+                out[i] = await self._add_tap(spec, change)
+            except VnetdError as exc:
+                out[i] = exc
+                if stop_on_error:
+                    break
+        return out
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         await self._io(Call("set_tap_owner", (spec,)))

@@ -12,7 +12,7 @@ from tests.unit.fakes import Caller, ExplodingNet, FakeNet
 from vnetd.contract.commands import BridgeList, parse_request
 from vnetd.contract.errors import ErrorCode, Internal, InvalidArgument, Unsupported
 from vnetd.handlers.context import Context
-from vnetd.handlers.dispatch import Dispatcher, KeyedLocks
+from vnetd.handlers.dispatch import TAP_RUN, Dispatcher, KeyedLocks
 from vnetd.handlers.policy import Policy
 from vnetd.handlers.registry import build_registry
 
@@ -284,7 +284,14 @@ async def test_a_batch_gives_the_loop_its_turn_between_commands(policy: Policy) 
     await asyncio.sleep(0)
     start = turns
     result = await dispatcher.execute(parse_request(sub("batch", commands=[
-        sub("tap.ensure", name=f"t{i}") for i in range(20)])))
-    other.cancel()
+        sub("tap.delete", name=f"t{i}") for i in range(20)])))
     assert result["completed"] == 20
     assert turns - start >= 19
+    # tap.ensure commands go TAP_RUN at a time (one read, one creation): a turn between
+    start = turns
+    result = await dispatcher.execute(parse_request(sub("batch", commands=[
+        sub("tap.ensure", name=f"t{i}") for i in range(3 * TAP_RUN)])))
+    other.cancel()
+    assert result["completed"] == 3 * TAP_RUN
+    assert turns - start >= 2
+    assert [c.method for c in net.calls].count("add_taps") == 3

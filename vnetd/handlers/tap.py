@@ -21,7 +21,7 @@ from vnetd.handlers.views import view_of
 from vnetd.net.model import Link, LinkChange, TapSpec
 
 
-def _spec(cmd: TapEnsure) -> TapSpec:
+def tap_spec(cmd: TapEnsure) -> TapSpec:
     return TapSpec(name=cmd.name, owner_uid=cmd.owner_uid, group_gid=cmd.group_gid,
                    multi_queue=cmd.multi_queue, vnet_hdr=cmd.vnet_hdr, ipv6=cmd.ipv6)
 
@@ -39,25 +39,25 @@ def _check_fixed_flags(cmd: TapEnsure, link: Link) -> None:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class TapPlan:
     create: bool
     owner: bool
     """An existing TAP gets a new owner/group (an ioctl, not netlink)."""
     change: LinkChange
 
 
-def _plan(cmd: TapEnsure, link: Link | None, bridge: Link | None) -> _Plan:
+def plan_ensure(cmd: TapEnsure, link: Link | None, bridge: Link | None) -> TapPlan:
     if link is None:
         # A new TAP takes its bridge's MTU unless told otherwise (as libvirt does).
         mtu = cmd.mtu if cmd.mtu is not None else (bridge.mtu if bridge else None)
-        return _Plan(True, False, LinkChange(
+        return TapPlan(True, False, LinkChange(
             mtu=mtu, mac=cmd.mac, master=bridge.index if bridge else None,
             up=True if cmd.up else None))  # a new TAP is down
     tun = link.tun
     owner = tun is not None and (
         (cmd.owner_uid is not None and tun.owner_uid != cmd.owner_uid)
         or (cmd.group_gid is not None and tun.group_gid != cmd.group_gid))
-    return _Plan(False, owner, LinkChange(
+    return TapPlan(False, owner, LinkChange(
         mtu=cmd.mtu if cmd.mtu is not None and cmd.mtu != link.mtu else None,
         mac=cmd.mac if cmd.mac is not None and cmd.mac != link.mac else None,
         master=bridge.index if bridge is not None and link.master != bridge.index else None,
@@ -89,15 +89,15 @@ async def ensure(cmd: TapEnsure, ctx: Context) -> dict[str, Any]:
             await check_overlay_mtu(ctx, bridge, cmd.mtu, f"tap {cmd.name}")
     if link is not None:
         await _check_existing(cmd, ctx, link, bridge)
-    plan = _plan(cmd, link, bridge)
+    plan = plan_ensure(cmd, link, bridge)
 
     if link is None:
         # Marked ours (and IPv6 off unless asked) before it can outlive a crash, so
         # a retry after any later failure converges.
-        link = await ctx.net.add_tap(_spec(cmd), plan.change)
+        link = await ctx.net.add_tap(tap_spec(cmd), plan.change)
     else:
         if plan.owner:
-            await ctx.net.set_tap_owner(_spec(cmd))
+            await ctx.net.set_tap_owner(tap_spec(cmd))
         if not plan.change.is_empty():
             link = await ctx.net.change_link(link.index, plan.change)
         elif plan.owner:

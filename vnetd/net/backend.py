@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from vnetd.contract.errors import VnetdError
 from vnetd.net.model import BridgeOptions, Link, LinkChange, TapSpec
 from vnetd.net.overlay import OverlayBackend
 
@@ -40,6 +41,12 @@ class NetBackend(Protocol):
         """Create a persistent TAP device, marked as vnetd's, with `change` applied
         (mtu, mac, master, up) and no IPv6 address ever unless `spec.ipv6`; returns
         its state. A kill midway leaves no TAP at all."""
+
+    async def add_taps(self, items: Sequence[tuple[TapSpec, LinkChange]],
+                       stop_on_error: bool) -> list[Link | VnetdError | None]:
+        """`add_tap` for each item, in as few requests as the kernel allows: a Link or
+        the error for each; with `stop_on_error`, None for every item after the first
+        failure, and nothing of those is left in the kernel."""
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         """Change owner/group of an existing persistent TAP no process holds."""

@@ -47,7 +47,10 @@ from vnetd.net.vxlan import VxlanNetlink
 
 T = TypeVar("T")
 DUMP_RETRIES = 5
-TUN_FDS_AHEAD = 32
+TUN_FDS_AHEAD = 64
+"""/dev/net/tun descriptors the worker opens in one go, ahead of need."""
+TUN_FDS_LOW = 32
+"""Below this many left, the next ones are opened in the background."""
 
 
 def error_from_errno(code: int, what: str) -> VnetdError:
@@ -90,6 +93,7 @@ class NetlinkBackend:
         self._ipr: Any = None
         self._tun_fds: list[int] = []
         self._tun_refill = asyncio.Lock()
+        self._tun_ahead: asyncio.Task[None] | None = None
         self._del_sock: socket.socket | None = None
         self._deletes: list[tuple[int, asyncio.Future[None]]] = []
         self._deleting: asyncio.Task[None] | None = None
@@ -198,19 +202,8 @@ class NetlinkBackend:
         no netlink request for it: for those TAPs only, it is written as before (a
         write the kernel makes spin while RTNL is busy, addrconf_disable_ipv6).
         """
-        while not self._tun_fds:
-            # One refill at a time: concurrent callers wait for it instead of each
-            # opening (and overwriting) a set of their own.
-            async with self._tun_refill:
-                if not self._tun_fds:
-                    self._tun_fds.extend(await self._worker_call(
-                        "open /dev/net/tun", tun.open_tun_fds, TUN_FDS_AHEAD))
-        # The ioctls take well under a millisecond, like a netlink request sent from
-        # the loop; a hop to the worker thread costs more than that on a busy machine.
-        fd = self._tun_fds.pop()
-        # Under IPV6_MIN_MTU the kernel drops the device's IPv6 state when the MTU is
-        # set, and the AF_INET6 part would fail the request (EAFNOSUPPORT).
-        no_ll = not spec.ipv6 and (change.mtu is None or change.mtu >= rtnl.IPV6_MIN_MTU)
+        (fd,) = await self._take_tun_fds(1)
+        no_ll = _no_link_local(spec, change)
         try:
             _tun_call(f"create tap {spec.name}", tun.create_transient, fd, spec)
             failpoints.hit("after_create", "tap")
@@ -223,10 +216,106 @@ class NetlinkBackend:
             _tun_call(f"make tap {spec.name} persistent", tun.make_persistent, fd)
         finally:
             os.close(fd)  # before TUNSETPERSIST (an error, a cancellation) this removes it
-        # Read back before TUNSETPERSIST, which has just succeeded.
-        if link.tun is not None:
-            link = dataclasses.replace(link, tun=dataclasses.replace(link.tun, persistent=True))
-        return link
+        return _persistent(link)
+
+    async def add_taps(self, items: Sequence[tuple[TapSpec, LinkChange]],
+                       stop_on_error: bool) -> list[Link | VnetdError | None]:
+        """`add_tap` for many TAPs, pipelined: the creations back to back, every
+        marking request with its read back in one write, then TUNSETPERSIST for each.
+
+        The same crash design as add_tap: each TAP is on a descriptor we hold until
+        it is marked and persistent. With `stop_on_error`, nothing after the first
+        failure is kept: those TAPs are not persistent yet, and closing their
+        descriptors removes them (None in the answer), so the result is that of
+        running the creations one by one and stopping at the first failure."""
+        out: list[Link | VnetdError | None] = [None] * len(items)
+        fds = await self._take_tun_fds(len(items))
+        try:
+            made: list[int] = []
+            for i, (spec, _) in enumerate(items):
+                try:
+                    _tun_call(f"create tap {spec.name}", tun.create_transient, fds[i], spec)
+                except VnetdError as exc:
+                    out[i] = exc
+                    if stop_on_error:
+                        break
+                    continue
+                made.append(i)
+            failpoints.hit("after_create", "tap")
+            msgs = []
+            for i in made:
+                spec, change = items[i]
+                msgs.append((rtnl.RTM_NEWLINK, rtnl.NLM_F_ACK, rtnl.change_body(
+                    0, dataclasses.replace(change, alias=OWNER_ALIAS), name=spec.name,
+                    no_ipv6_link_local=_no_link_local(spec, change))))
+                msgs.append((rtnl.RTM_GETLINK, 0, rtnl.get_by_name_body(spec.name)))
+            answers = await self._link.exchange(msgs) if msgs else []
+            marked = []
+            for k, i in enumerate(made):
+                done, got = answers[2 * k], answers[2 * k + 1]
+                failed = next((a for a in (done, got) if isinstance(a, NetlinkRequestError)),
+                              None)
+                if failed is not None:
+                    out[i] = error_from_errno(failed.errno or errno.EIO,
+                                              f"mark tap {items[i][0].name}")
+                elif isinstance(got, list) and got:
+                    out[i] = got[0]
+                    marked.append(i)
+            lone = [items[i][0].name for i in marked
+                    if not items[i][0].ipv6 and not items[i][1].master]
+            if lone:  # no bridge: see add_tap
+                await self._worker_call("disable IPv6", tun.disable_ipv6_many, lone)
+            failpoints.hit("after_mark", "tap")
+            first_error = next((i for i, r in enumerate(out) if isinstance(r, VnetdError)),
+                               len(items)) if stop_on_error else len(items)
+            for i in marked:
+                link = out[i]
+                if i > first_error or not isinstance(link, Link):
+                    out[i] = None  # not persistent: gone when its descriptor closes
+                    continue
+                try:
+                    _tun_call(f"make tap {link.name} persistent", tun.make_persistent, fds[i])
+                except VnetdError as exc:
+                    out[i] = exc
+                    if stop_on_error:
+                        first_error = min(first_error, i)
+                    continue
+                out[i] = _persistent(link)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return out
+
+    async def _take_tun_fds(self, count: int) -> list[int]:
+        """`count` /dev/net/tun descriptors of the namespace, opened ahead by the worker.
+
+        Opening them needs the worker thread (a descriptor belongs to the namespace of
+        the thread that opens it); on a busy machine a hop to a thread waits for the
+        scheduler for milliseconds, so the next ones are opened in the background
+        while these are used."""
+        while len(self._tun_fds) < count:
+            # One refill at a time: concurrent callers wait for it instead of each
+            # opening (and overwriting) a set of their own.
+            async with self._tun_refill:
+                if len(self._tun_fds) < count:
+                    self._tun_fds.extend(await self._worker_call(
+                        "open /dev/net/tun", tun.open_tun_fds,
+                        max(TUN_FDS_AHEAD, count - len(self._tun_fds))))
+        fds = self._tun_fds[len(self._tun_fds) - count:]
+        del self._tun_fds[len(self._tun_fds) - count:]
+        if len(self._tun_fds) < TUN_FDS_LOW and (self._tun_ahead is None
+                                                 or self._tun_ahead.done()):
+            self._tun_ahead = asyncio.create_task(self._open_ahead(), name="vnetd-tun-ahead")
+        return fds
+
+    async def _open_ahead(self) -> None:
+        async with self._tun_refill:
+            if len(self._tun_fds) < TUN_FDS_LOW:
+                try:
+                    self._tun_fds.extend(await self._worker_call(
+                        "open /dev/net/tun", tun.open_tun_fds, TUN_FDS_AHEAD))
+                except VnetdError:
+                    return  # the next creation opens its own and reports the error
 
     async def set_tap_owner(self, spec: TapSpec) -> None:
         await self._worker_call(f"set owner of tap {spec.name}", tun.set_owner, spec)
@@ -352,6 +441,8 @@ class NetlinkBackend:
         }
 
     async def close(self) -> None:
+        if self._tun_ahead is not None:
+            await asyncio.gather(self._tun_ahead, return_exceptions=True)
         for fd in self._tun_fds:
             os.close(fd)
         self._tun_fds.clear()
@@ -362,6 +453,19 @@ class NetlinkBackend:
             self._ipr.close()
         await self._worker.run(self._overlay.close)  # its socket lives on the worker
         self._worker.close()
+
+
+def _no_link_local(spec: TapSpec, change: LinkChange) -> bool:
+    # Under IPV6_MIN_MTU the kernel drops the device's IPv6 state when the MTU is
+    # set, and the AF_INET6 part would fail the request (EAFNOSUPPORT).
+    return not spec.ipv6 and (change.mtu is None or change.mtu >= rtnl.IPV6_MIN_MTU)
+
+
+def _persistent(link: Link) -> Link:
+    """A TAP read back before TUNSETPERSIST, which has just succeeded."""
+    if link.tun is None:
+        return link
+    return dataclasses.replace(link, tun=dataclasses.replace(link.tun, persistent=True))
 
 
 def _tun_call(what: str, fn: Callable[..., None], *args: object) -> None:

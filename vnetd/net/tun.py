@@ -95,6 +95,11 @@ def disable_ipv6(name: str) -> None:
         return
 
 
+def disable_ipv6_many(names: list[str]) -> None:
+    for name in names:
+        disable_ipv6(name)
+
+
 def tun_usable() -> bool:
     try:
         os.close(os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC))

@@ -116,8 +116,6 @@ class NetlinkWatcher:
         self._owned: Counter[str] = Counter()
         """Owned links in `links` by kind, kept as the view changes (metrics read it)."""
         self.addrs: dict[AddrKey, Address] = {}
-        self._views: dict[int, tuple[Link, dict[str, Any]]] = {}
-        """The view last published for a link's state (its `previous` next time)."""
         self.overruns = 0
         self.resyncs = 0
         self.state = "stopped"
@@ -317,7 +315,6 @@ class NetlinkWatcher:
             if before is None:
                 return
             del self.links[idx]
-            self._views.pop(idx, None)
             names = {idx: before.name}
             for key in [k for k in self.addrs if k[0] == idx]:
                 gone = self.addrs.pop(key)
@@ -359,14 +356,10 @@ class NetlinkWatcher:
         changes = link_changes(before, after)
         if not changes:
             return False
-        # The view of `before` was made when it was the new state (unless its master's
-        # name is what changed: that one is resolved now, as the data's is).
-        cached = self._views.get(before.index)
-        old = (cached[1] if cached is not None and cached[0] is before and "master" not in changes
-               else self._view(before, names))
-        view = self._view(after, names)
-        self._views[after.index] = (after, view)  # kept as it is: the event gets a copy
-        data = {**view, "changes": changes, "previous": {k: old[k] for k in changes if k in old}}
+        data = self._view(after, names)
+        old = self._view(before, names)
+        data["changes"] = changes
+        data["previous"] = {k: old[k] for k in changes if k in old}
         self.sink.emit("link.changed", after.name, data)
         return True
 
@@ -449,7 +442,6 @@ class NetlinkWatcher:
         before_addrs: dict[AddrKey, Address | None] = dict(self.addrs)
         names = {idx: link.name for idx, link in self.links.items()}
         self.links = self._next_links
-        self._views = {i: v for i, v in self._views.items() if i in self.links}
         self._owned = Counter(link.kind for link in self.links.values() if link.owned)
         self.addrs = {k: a for k, a in self._next_addrs.items() if k[0] in self.links}
         self._next_links, self._next_addrs = {}, {}
