@@ -127,6 +127,11 @@ class FastLink:
         loop.add_reader(self._sock.fileno(), self._on_readable)
         return loop
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this socket answers on (get_running_loop() costs a getpid() on 3.11)."""
+        return self._loop or self._attach()
+
     async def request(self, msg_type: int, flags: int, body: bytes) -> list[Link] | None:
         """Send one request; returns the links answered (GET, dump) or None (ack)."""
         if self._closed:

@@ -342,7 +342,7 @@ class NetlinkBackend:
         each device is moved to a fresh random interface group, then the group
         is deleted in one request (one grace period for all of them).
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._link.loop.create_future()
         self._deletes.append((index, future))
         if self._deleting is None or self._deleting.done():
             self._deleting = asyncio.create_task(self._run_deletes(), name="vnetd-deletes")
