@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration.events_subscriber import Subscriber
 from tests.support import netns as ns
-from tests.support.cluster import Cluster, Load, frozen, p99
+from tests.support.cluster import Cluster, Load, frozen, p99, silent_gaps
 from tests.support.daemon import DaemonFactory, DaemonProcess
 from vnetd.amqp import topology
 from vnetd.client import VnetClient
@@ -52,19 +52,9 @@ async def _health(client: VnetClient, host_id: str) -> dict[str, Any]:
 
 def _check_no_silent_gap(sub: Subscriber, epoch_of: Callable[[], str]) -> tuple[int, int]:
     """(events seen, duplicates dropped); fails on a gap no host.resync announced."""
-    epoch = epoch_of()
-    seqs = [r.seq for r in sub.received if r.event.get("epoch") == epoch]
-    announced: set[int] = set()
-    for r in sub.received:
-        lost = r.data.get("lost") if r.type == "host.resync" else None
-        if lost:
-            announced.update(range(int(lost["first"]), int(lost["last"]) + 1))
-    unique = sorted(set(seqs))
-    assert unique, "no events of the daemon's epoch were seen"
-    missing = [s for s in range(unique[0], unique[-1] + 1)
-               if s not in set(unique) and s not in announced]
+    missing, seen, duplicates = silent_gaps([r.event for r in sub.received], epoch_of())
     assert missing == [], f"silent gap in the event stream: {missing[:20]}..."
-    return len(seqs), len(seqs) - len(unique)
+    return seen, duplicates
 
 
 async def _run_kill_round(

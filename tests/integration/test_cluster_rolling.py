@@ -44,6 +44,7 @@ from tests.support.cluster import (
     evidence,
     p99,
     queue_online,
+    silent_gaps,
     wait_member_online,
 )
 from tests.support.daemon import DaemonFactory
@@ -75,21 +76,6 @@ async def _drain_event_probe(url: str, name: str) -> list[dict[str, Any]]:
             events.append(json.loads(m.body))
         await q.delete(if_unused=False, if_empty=False)
     return events
-
-
-def _silent_gaps(events: list[dict[str, Any]], epoch: str) -> tuple[list[int], int, int]:
-    """(missing sequences no host.resync announced, events of the epoch, duplicates)."""
-    seqs = [int(e["sequence"]) for e in events if e.get("epoch") == epoch]
-    announced: set[int] = set()
-    for e in events:
-        lost = (e.get("data") or {}).get("lost")
-        if lost:
-            announced.update(range(int(lost["first"]), int(lost["last"]) + 1))
-    unique = sorted(set(seqs))
-    assert unique, "no events of the daemon's epoch were seen"
-    missing = [s for s in range(unique[0], unique[-1] + 1)
-               if s not in set(unique) and s not in announced]
-    return missing, len(seqs), len(seqs) - len(unique)
 
 
 async def test_rolling_restart_of_all_three_nodes_under_load(
@@ -169,7 +155,7 @@ async def test_rolling_restart_of_all_three_nodes_under_load(
     assert half == [], f"half-done TAPs: {half[:10]}"
     assert d.running
     # the events
-    missing, seen, dup_events = _silent_gaps(events, epoch)
+    missing, seen, dup_events = silent_gaps(events, epoch)
     assert missing == [], f"silent gap in the event stream: {missing[:20]}"
     assert len(rounds) == 3 and all(r["daemon_was_on_it"] for r in rounds), \
         f"each restart should have moved the daemon off its node: {rounds}"

@@ -179,31 +179,15 @@ class Load:
                 await self._one(name)
         await asyncio.gather(*(one(n) for n in self.names))
 
-    async def run_until(self, done: asyncio.Event, prefix: str) -> None:
-        """Keep IN_FLIGHT jobs going, on new names, until `done` is set."""
-        sem = asyncio.Semaphore(IN_FLIGHT)
-        tasks = []
-        i = 0
-        while not done.is_set():
-            await sem.acquire()
-            name = f"{prefix}{i}"
-            i += 1
-            self.names.append(name)
-
-            async def one(n: str) -> None:
-                try:
-                    await self._one(n)
-                finally:
-                    sem.release()
-            tasks.append(asyncio.create_task(one(name)))
-        await asyncio.gather(*tasks)
+    def bridge_of(self, name: str) -> str:
+        return "br0"
 
     async def _one(self, name: str) -> None:
         mid = str(uuid.uuid4())
         t0 = time.monotonic()
         try:
             reply = await self.client.call(self.host_id, "tap.ensure",
-                                           {"name": name, "bridge": "br0"},
+                                           {"name": name, "bridge": self.bridge_of(name)},
                                            message_id=mid, timeout=self.timeout,
                                            resend_every=4)
         except CallTimeout as exc:
@@ -218,6 +202,24 @@ class Load:
         before = max((t for t in self.answered_at.values() if t <= killed_at), default=killed_at)
         after = min(t for t in self.answered_at.values() if t > killed_at)
         return after - before
+
+
+def silent_gaps(events: list[dict[str, Any]], epoch: str) -> tuple[list[int], int, int]:
+    """(sequences of `epoch` missing with no host.resync `lost` range announcing them,
+    events of the epoch seen, duplicates among them) of CloudEvents as received."""
+    seqs = [int(e["sequence"]) for e in events if e.get("epoch") == epoch]
+    announced: set[int] = set()
+    for e in events:
+        lost = (e.get("data") or {}).get("lost") if str(e.get("type", "")).endswith(
+            "host.resync") else None
+        if lost:
+            announced.update(range(int(lost["first"]), int(lost["last"]) + 1))
+    unique = sorted(set(seqs))
+    if not unique:
+        raise AssertionError(f"no events of the daemon's epoch {epoch} were seen")
+    have = set(unique)
+    missing = [s for s in range(unique[0], unique[-1] + 1) if s not in have and s not in announced]
+    return missing, len(seqs), len(seqs) - len(unique)
 
 
 def p99(values: list[float]) -> float:
@@ -309,23 +311,6 @@ class PacedLoad(Load):
                     sem.release()
             tasks.append(asyncio.create_task(one(name)))
         await asyncio.gather(*tasks)
-
-    async def _one(self, name: str) -> None:
-        # Load._one, with the TAP's bridge from bridge_of
-        mid = str(uuid.uuid4())
-        t0 = time.monotonic()
-        try:
-            reply = await self.client.call(self.host_id, "tap.ensure",
-                                           {"name": name, "bridge": self.bridge_of(name)},
-                                           message_id=mid, timeout=self.timeout,
-                                           resend_every=4)
-        except CallTimeout as exc:
-            self.unanswered[name] = str(exc)
-            return
-        self.answered_at[name] = time.monotonic()
-        self.latency[name] = self.answered_at[name] - t0
-        self.answers[name] = self.answers.get(name, 0) + 1
-        self.replies[name] = reply
 
     def max_gap(self, start: float, end: float) -> float:
         """The longest time without any reply between `start` and `end`."""

@@ -1,4 +1,8 @@
-"""AMQP 0-9-1 frames of a job's reply and of its ack or reject, built with struct.
+"""AMQP 0-9-1 frames built with struct: the primitives, and a job's reply, ack or reject.
+
+The one hand-written AMQP encoder of the daemon: the events publisher builds its
+publishes on the same primitives (vnetd/events/frames.py).
+
 
 Every reply the consumer publishes has the same shape: default exchange, routing
 key = the job's `reply_to`, mandatory off, a content header with content_type,
@@ -18,12 +22,15 @@ FRAME_END = b"\xce"
 BASIC = 60
 PUBLISH, ACK, REJECT = 40, 80, 90
 # basic properties, in wire order: content_type (bit 15), headers (13),
-# delivery_mode (12), correlation_id (10)
-CONTENT_TYPE, HEADERS, DELIVERY_MODE, CORRELATION_ID = 0x8000, 0x2000, 0x1000, 0x0400
+# delivery_mode (12), correlation_id (10), message_id (7)
+CONTENT_TYPE, HEADERS, DELIVERY_MODE, CORRELATION_ID, MESSAGE_ID = (
+    0x8000, 0x2000, 0x1000, 0x0400, 0x0080)
 
-_FRAME = struct.Struct(">BHI")
+FRAME = struct.Struct(">BHI")
+"""Frame type, channel, payload size."""
+HEADER = struct.Struct(">HHQH")
+"""Content header: class, weight, body size, property flags."""
 _METHOD = struct.Struct(">HH")
-_HEADER = struct.Struct(">HHQH")
 _TAG = struct.Struct(">QB")
 _LONG = struct.Struct(">I")
 
@@ -43,7 +50,19 @@ def string_table(values: dict[str, str]) -> bytes:
 
 
 def frame(kind: int, channel: int, payload: bytes) -> bytes:
-    return _FRAME.pack(kind, channel, len(payload)) + payload + FRAME_END
+    return FRAME.pack(kind, channel, len(payload)) + payload + FRAME_END
+
+
+def publish_method(exchange: str, routing_key: str) -> bytes:
+    """The payload of a basic.publish method frame (ticket 0, mandatory and immediate off)."""
+    return (_METHOD.pack(BASIC, PUBLISH) + b"\x00\x00" + shortstr(exchange)
+            + shortstr(routing_key) + b"\x00")
+
+
+def body_frames(channel: int, body: bytes, max_body: int) -> list[bytes]:
+    """A body split into frames of at most `max_body` bytes (frame_max - 8)."""
+    return [frame(FRAME_BODY, channel, body[start:start + max_body])
+            for start in range(0, len(body), max_body)]
 
 
 class ReplyFrames:
@@ -54,24 +73,21 @@ class ReplyFrames:
         self.channel = channel
         self.max_body = max_body
         """The largest body frame payload (frame_max - 8)."""
-        self._method_head = _METHOD.pack(BASIC, PUBLISH) + b"\x00\x00" + shortstr("")
         self._props = (shortstr(content_type) + string_table(headers)
                        + bytes((delivery_mode,)))
 
     def publish(self, routing_key: str, correlation_id: str | None, body: bytes) -> bytes:
         """Method, header and body frames of one reply (mandatory and immediate off)."""
-        method = self._method_head + shortstr(routing_key) + b"\x00"
+        method = publish_method("", routing_key)
         flags = CONTENT_TYPE | HEADERS | DELIVERY_MODE
         props = self._props
         if correlation_id:  # pamqp (so aio-pika) leaves an empty one out too
             flags |= CORRELATION_ID
             props += shortstr(correlation_id)
-        header = _HEADER.pack(BASIC, 0, len(body), flags) + props
-        channel, max_body = self.channel, self.max_body
-        parts = [frame(FRAME_METHOD, channel, method), frame(FRAME_HEADER, channel, header)]
-        for start in range(0, len(body), max_body):
-            parts.append(frame(FRAME_BODY, channel, body[start:start + max_body]))
-        return b"".join(parts)
+        header = HEADER.pack(BASIC, 0, len(body), flags) + props
+        channel = self.channel
+        return b"".join([frame(FRAME_METHOD, channel, method), frame(FRAME_HEADER, channel, header),
+                         *body_frames(channel, body, self.max_body)])
 
 
 def ack(channel: int, delivery_tag: int) -> bytes:
