@@ -24,9 +24,8 @@ import pytest
 
 from tests.integration.events_subscriber import Subscriber
 from tests.support import netns as ns
-from tests.support.cluster import Cluster, Load, frozen, p99, remove_cluster, start_cluster
-from tests.support.daemon import DaemonProcess
-from tests.support.env import Lab
+from tests.support.cluster import Cluster, Load, frozen, p99
+from tests.support.daemon import DaemonFactory, DaemonProcess
 from vnetd.amqp import topology
 from vnetd.client import VnetClient
 
@@ -36,15 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 JOBS = 1000  # per kill (the issue asks for 2,000; 1,000 keeps the module under 3 minutes here)
 
 
-@pytest.fixture(scope="module")
-def cluster(lab: Lab) -> Any:
-    c = start_cluster(lab.netns, lab.dir, lab.suffix)
-    try:
-        yield c
-    finally:
-        remove_cluster(c)
-
-
 @pytest.fixture
 async def cluster_up(cluster: Cluster) -> AsyncIterator[Cluster]:
     """The cluster, with every node brought back after the test."""
@@ -52,31 +42,6 @@ async def cluster_up(cluster: Cluster) -> AsyncIterator[Cluster]:
     for n in cluster.nodes:
         if not await n.ais_up():
             await cluster.arestart(n)
-
-
-DaemonFactory = Callable[..., Awaitable[DaemonProcess]]
-
-
-@pytest.fixture
-async def cluster_daemon(lab: Lab, cluster: Cluster) -> AsyncIterator[DaemonFactory]:
-    """``await cluster_daemon(netns, host_id=None)``: a daemon given the three URLs."""
-    made: list[DaemonProcess] = []
-
-    async def start(netns: str, host_id: str | None = None,
-                    urls: list[str] | None = None) -> DaemonProcess:
-        host_id = host_id or DaemonProcess.new_host_id(lab.suffix)
-        urls = urls or cluster.urls
-        d = DaemonProcess(host_id=host_id, amqp_url=urls[0], netns=netns,
-                          workdir=lab.dir / "daemons" / host_id,
-                          extra={"amqp": {"urls": urls}})
-        made.append(d)
-        return await d.start()
-
-    try:
-        yield start
-    finally:
-        for d in made:
-            await d.stop()
 
 
 async def _health(client: VnetClient, host_id: str) -> dict[str, Any]:

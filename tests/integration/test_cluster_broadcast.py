@@ -45,8 +45,6 @@ from tests.support.cluster import (
     evidence,
     kill_now,
     leaders,
-    remove_cluster,
-    start_cluster,
 )
 from tests.support.daemon import DaemonProcess
 from tests.support.env import Lab
@@ -58,15 +56,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(480
 
 DAEMONS = 20
 QUIET_ROUNDS = 5  # broadcasts without a failure, for the median
-
-
-@pytest.fixture(scope="module")
-def cluster(lab: Lab) -> Any:
-    c = start_cluster(lab.netns, lab.dir, lab.suffix)
-    try:
-        yield c
-    finally:
-        remove_cluster(c)
 
 
 @dataclass

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -45,12 +44,9 @@ from tests.support.cluster import (
     evidence,
     p99,
     queue_online,
-    remove_cluster,
-    start_cluster,
     wait_member_online,
 )
-from tests.support.daemon import DaemonProcess
-from tests.support.env import Lab
+from tests.support.daemon import DaemonFactory
 from vnetd.amqp import topology
 from vnetd.client import VnetClient
 
@@ -59,40 +55,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420
 RATE = 30.0  # jobs/s: about 1,700 to 2,300 jobs over the three restarts (about 20 s each) here
 BRIDGES = 8  # at most 1,023 ports on one bridge; a slow run makes about 4,000 jobs
 WARMUP = 100  # replies before the first stop, and between two restarts
-
-
-@pytest.fixture(scope="module")
-def cluster(lab: Lab) -> Any:
-    c = start_cluster(lab.netns, lab.dir, lab.suffix)
-    try:
-        yield c
-    finally:
-        remove_cluster(c)
-
-
-DaemonFactory = Callable[..., Awaitable[DaemonProcess]]
-
-
-@pytest.fixture
-async def cluster_daemon(lab: Lab, cluster: Cluster) -> AsyncIterator[DaemonFactory]:
-    made: list[DaemonProcess] = []
-
-    async def start(netns: str) -> DaemonProcess:
-        host_id = DaemonProcess.new_host_id(lab.suffix)
-        d = DaemonProcess(host_id=host_id, amqp_url=cluster.urls[0], netns=netns,
-                          workdir=lab.dir / "daemons" / host_id,
-                          extra={"amqp": {"urls": cluster.urls}})
-        made.append(d)
-        return await d.start()
-
-    try:
-        yield start
-    finally:
-        for d in made:
-            await d.stop()
-        for n in cluster.nodes:  # a failed test may have left a node down
-            if not await n.ais_up():
-                await cluster.arestart(n)
 
 
 async def _declare_event_probe(url: str, name: str, host_id: str) -> None:

@@ -136,6 +136,26 @@ def remove_cluster(cluster: Cluster) -> None:
     shutil.rmtree(cluster.base, ignore_errors=True)
 
 
+def ready_for_next_module(cluster: Cluster) -> None:
+    """Every node running and joined, and no queue left by an earlier module.
+
+    The cluster is started once per test run and shared by the cluster modules
+    (a start is 10 to 25 s here). A module that killed a node brings it back, but
+    if it failed midway one may still be down; and the quorum queues of its
+    daemons (each a Raft group) would otherwise add to every later election.
+    """
+    for n in cluster.nodes:
+        if not n.is_up():
+            n.start(90.0)
+        cluster.wait_joined(n)
+    # One rabbitmqctl call for all queues (each call starts an Erlang VM, ~1.5 s).
+    cluster.ctl("eval", "[rabbit_amqqueue:delete(Q, false, false, <<\"tests\">>)"
+                        " || Q <- rabbit_amqqueue:list()], ok.")
+    left = cluster.ctl("list_queues", "-q", "--no-table-headers", "name").split()
+    if left:
+        raise RuntimeError(f"queues still on the cluster after deleting all: {left}")
+
+
 @dataclass
 class Load:
     """JOBS tap.ensure jobs, IN_FLIGHT at a time, each resent until it is answered."""

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -212,3 +212,7 @@ class DaemonProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+DaemonFactory = Callable[..., Awaitable[DaemonProcess]]
+"""A fixture's ``await start(netns, ...)`` that returns a started daemon."""
