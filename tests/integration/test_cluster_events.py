@@ -22,7 +22,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from tests.support import netns as ns
-from tests.support.cluster import Cluster, frozen, kill_now, remove_cluster, start_cluster
+from tests.support.cluster import Cluster, frozen, kill_now
 from tests.support.daemon import DaemonProcess
 from tests.support.env import Lab
 
@@ -31,18 +31,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 EXCHANGE = "vnetd.events"
 
 
-@pytest.fixture(scope="module")
-def cluster(lab: Lab) -> Any:
-    c = start_cluster(lab.netns, lab.dir, lab.suffix)
-    try:
-        yield c
-    finally:
-        remove_cluster(c)
-
-
 @pytest.fixture
 async def daemon(lab: Lab, cluster: Cluster, netns: str) -> AsyncIterator[DaemonProcess]:
-    """A daemon connected to node 2 only (it must outlive node 1's death)."""
+    """A daemon connected to node 2 only (it must outlive node 1's death); the
+    cluster (conftest.py's, shared by the cluster modules) gets every node back after."""
     host_id = DaemonProcess.new_host_id("evnack")
     d = DaemonProcess(host_id=host_id, amqp_url=cluster.urls[1], netns=netns,
                       workdir=lab.dir / "daemons" / host_id,
@@ -54,6 +46,9 @@ async def daemon(lab: Lab, cluster: Cluster, netns: str) -> AsyncIterator[Daemon
         yield d
     finally:
         await d.stop()
+        for n in cluster.nodes:
+            if not await n.ais_up():
+                await cluster.arestart(n)
 
 
 async def test_events_reach_a_quorum_queue_subscriber_while_the_dead_leader_stays_dead(
