@@ -10,9 +10,16 @@ when the broker confirmed it; when a publish fails (broker gone, channel
 closed, nack) every unconfirmed event goes back to the head of the bus, the
 publisher waits for the robust connection to come back, tells its reconnect
 listeners (the netlink watcher resyncs), and publishes them again in their
-order. Duplicates are possible after such a failure (the broker may have
-routed a message whose confirm was lost); never a reordering within what is
-delivered once, and never a silent loss.
+order. After a nack the channel itself is replaced (once per failure, at most
+every RENEW_FIRST_PAUSE..RENEW_MAX_PAUSE seconds): RabbitMQ 3.10 nacks every
+publish to a quorum queue on a channel that first routed to it while the
+queue's record named a dead leader, for as long as that node stays dead; a new
+channel reads the record afresh (vnetd/amqp/renewing.py does the same for the
+daemon's own quorum publishes; vnetd.events may not import vnetd.amqp, and
+this pipelined publisher cannot await one publish at a time as it does).
+Duplicates are possible after such a failure (the broker may have routed a
+message whose confirm was lost); never a reordering within what is delivered
+once, and never a silent loss.
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ from vnetd.supervisor import TaskTree
 log = structlog.get_logger("vnetd.events")
 
 RETRY_SECONDS = 0.5
+RENEW_FIRST_PAUSE = 0.5
+RENEW_MAX_PAUSE = 5.0
+"""Pause before replacing a nacked channel: doubled per nack in a row (a new channel
+opened before a leader is elected is nacked too), back to the first once a publish
+on the new channel is confirmed."""
 BATCH = 256
 """Most events written in one go: bounds one write's size and the loop's time on it."""
 
@@ -126,6 +138,10 @@ class EventPublisher:
         self._keys: dict[str, str] = {}
         """Routing key of each event type (the host is fixed)."""
         self._failed = False
+        self.renewals = 0
+        """Channels replaced after a nack."""
+        self._renew_pause = RENEW_FIRST_PAUSE
+        self._renewed_at = -RENEW_MAX_PAUSE
 
     async def start(self) -> None:
         self._channel = await self.connection.channel(publisher_confirms=True)
@@ -257,6 +273,7 @@ class EventPublisher:
             return
         done = len(self._inflight) - (confirms.last - confirms.acked)
         if done > 0 and not self._failed:
+            self._renew_pause = RENEW_FIRST_PAUSE  # this channel is confirming again
             types: Counter[str] = Counter()
             popleft = self._inflight.popleft
             for _ in range(done):
@@ -294,8 +311,10 @@ class EventPublisher:
                     self._settled.clear()
                     await asyncio.wait_for(self._settled.wait(), self.flush_timeout)
             unconfirmed = confirms.last - confirms.acked
+            nacked = confirms.nacked != 0
         else:
             unconfirmed = len(self._inflight)
+            nacked = False
         ok = max(0, len(self._inflight) - unconfirmed)
         for _ in range(ok):
             event = self._inflight.popleft()
@@ -309,6 +328,8 @@ class EventPublisher:
         self.bus.give_back(failed)
         self._confirms = None
         self._underlay = None
+        if nacked:
+            await self._renew()
         while True:
             try:
                 await self._ready()
@@ -324,6 +345,30 @@ class EventPublisher:
                 callback()
             except Exception:
                 log.exception("events_reconnect_listener_failed")
+
+    async def _renew(self) -> None:
+        """Replace the nacked channel with a new one, rate-limited."""
+        loop = asyncio.get_running_loop()
+        wait = self._renewed_at + self._renew_pause - loop.time()
+        log.warning("events_publish_nacked", renew_in_s=round(max(0.0, wait), 2),
+                    renewals=self.renewals, buffered=self.bus.buffered)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._renewed_at = loop.time()
+        self._renew_pause = min(RENEW_MAX_PAUSE, self._renew_pause * 2)
+        old = self._open_channel()
+        try:
+            # Opened before the old one is closed: a closed robust channel's ready()
+            # never returns, and _ready waits on whatever channel is current.
+            self._channel = await self.connection.channel(publisher_confirms=True)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            # The connection is down: the robust connection restores the old channel
+            # and the next nack on it comes back here.
+            log.info("events_channel_renewal_failed", error=repr(exc))
+            return
+        self.renewals += 1
+        with contextlib.suppress(Exception):  # dropped either way
+            await old.close()
 
     def _open_channel(self) -> AbstractChannel:
         if self._channel is None:  # start() opens it before the pump runs
