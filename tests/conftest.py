@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from tests.support import netns as netns_mod
 from tests.support.broker import LabBroker
@@ -28,9 +28,9 @@ _DAEMONS_KEY = pytest.StashKey[list[DaemonProcess]]()
 
 
 # Property tests check what is decided, not how fast: on a loaded 2-core machine one
-# example can take longer than Hypothesis's default 200 ms deadline, which made a
-# correct test fail as "flaky".
-settings.register_profile("vnetd", deadline=None)
+# example can take longer than Hypothesis's default 200 ms deadline, or generating the
+# first inputs longer than its health check allows, which made correct tests fail.
+settings.register_profile("vnetd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("vnetd")
 
 

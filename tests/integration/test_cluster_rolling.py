@@ -3,11 +3,12 @@
 The cluster is made by the module (tests/support/cluster.py) in the lab
 namespace. One daemon is given the three nodes' URLs; a client (the project's
 VnetClient, also on the three URLs) keeps tap.ensure jobs coming at a steady
-rate, at most 64 in flight, while node 1, then node 2, then node 3 is stopped
-(SIGTERM, graceful), started again, and waited for until it is back in the
-cluster and an online member of the host queue (and of the test's event
-queue). Each stop moves the daemon and the client off their node: they follow
-the list of URLs. Then:
+rate, at most 64 in flight, while each node in turn is stopped (SIGTERM,
+graceful), started again, and waited for until it is back in the cluster and
+an online member of the host queue (and of the test's event queue). The node
+restarted next is the daemon's, while it is one still to be restarted: a stop
+moves the daemon and the client off their node to the next URL that answers,
+which need not be the next in the list. Then:
 
 - every job has exactly one answer at the client (it resends with the same
   message_id when no reply came; the daemon answers a resent one from its
@@ -100,12 +101,18 @@ async def test_rolling_restart_of_all_three_nodes_under_load(
         done = asyncio.Event()
         runner = asyncio.create_task(load.run_paced(done, "r"))
         try:
-            for i, node in enumerate(cluster.nodes):
+            todo = list(cluster.nodes)
+            for i in range(len(cluster.nodes)):
                 while len(load.replies) < WARMUP * (i + 1) and not runner.done():
                     await asyncio.sleep(0.05)
                 assert not runner.done(), "the load stopped before the restarts"
                 health = await client.call(d.host_id, "host.health", timeout=30,
                                            resend_every=2)
+                # The daemon's node first, whenever it is still to be restarted: a
+                # reconnect may land on any live node (the next answering URL).
+                on = cluster.node_at(health.result["broker_node"])
+                node = on if on in todo else todo[0]
+                todo.remove(node)
                 leader = await asyncio.to_thread(cluster.leader, queue)
                 stopped_at = time.monotonic()
                 await node.astop()
@@ -157,8 +164,11 @@ async def test_rolling_restart_of_all_three_nodes_under_load(
     # the events
     missing, seen, dup_events = silent_gaps(events, epoch)
     assert missing == [], f"silent gap in the event stream: {missing[:20]}"
-    assert len(rounds) == 3 and all(r["daemon_was_on_it"] for r in rounds), \
-        f"each restart should have moved the daemon off its node: {rounds}"
+    # Every node restarted once; the first restart and at least one more moved the
+    # daemon (the last node left may not be the one it landed on).
+    assert sorted(r["node"] for r in rounds) == sorted(n.node for n in cluster.nodes)
+    assert rounds[0]["daemon_was_on_it"] and sum(r["daemon_was_on_it"] for r in rounds) >= 2, \
+        f"the restarts should have moved the daemon off its node: {rounds}"
 
     figures = {"jobs": len(load.names),
                "p99_s": round(p99(list(load.latency.values())), 3),

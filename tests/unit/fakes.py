@@ -240,7 +240,7 @@ class FakeNet:
         link = self.links.get(index)
         return link.freeze() if link else None
 
-    async def list_links(self) -> list[Link]:
+    async def list_links(self, *, exact: bool = True) -> list[Link]:
         await self._io(Call("list_links", ()))
         return [link.freeze() for link in sorted(self.links.values(), key=lambda x: x.index)]
 

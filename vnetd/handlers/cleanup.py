@@ -263,7 +263,11 @@ class Sweeper:
         now = self.clock()
         self.leases.prune(max(self.rules.lease_seconds, self.rules.tap_grace,
                               self.rules.bridge_grace, self.rules.half_created_grace))
-        links = await self.net.list_links()
+        # Under steady churn (plugs every millisecond) a dump of the whole table is
+        # interrupted every time; the sweep takes the last one anyway: it only picks
+        # candidates, each re-checked on fresh state under its lock before anything
+        # is removed, so a link the dump missed or read stale waits for the next sweep.
+        links = await self.net.list_links(exact=False)
         ports: Counter[int] = Counter(link.master for link in links if link.master)
         refs, refs_problem = await self._refs()
         seen: dict[str, _Seen] = {}

@@ -22,8 +22,11 @@ class NetBackend(Protocol):
     async def get_link_by_index(self, index: int) -> Link | None:
         """The link with this index, or None when there is none."""
 
-    async def list_links(self) -> list[Link]:
-        """Every link in the namespace (a consistent dump, retried when interrupted)."""
+    async def list_links(self, *, exact: bool = True) -> list[Link]:
+        """Every link in the namespace: a consistent dump, retried when interrupted;
+        Unavailable if it never is. `exact=False`: after the retries, the last
+        interrupted dump (links added or removed meanwhile may be missing or doubled),
+        for a caller that re-checks each link it acts on."""
 
     async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
                          options: BridgeOptions) -> None:

@@ -53,7 +53,12 @@ class NetlinkRequestError(OSError):
 
 
 class DumpInterrupted(Exception):
-    """The link table changed during a dump (NLM_F_DUMP_INTR): take it again."""
+    """The link table changed during a dump (NLM_F_DUMP_INTR): take it again.
+    `links` is what that dump read (possibly missing or doubling a changed link)."""
+
+    def __init__(self, links: list[Link]) -> None:
+        super().__init__("link dump interrupted by a concurrent change")
+        self.links = links
 
 
 def blocking_request(sock: socket.socket, msg_type: int, flags: int, body: bytes) -> None:
@@ -257,7 +262,7 @@ class FastLink:
                 pending.future.set_result(pending.links if pending.dump else None)
         elif msg_type == NLMSG_DONE:
             if pending.interrupted:
-                pending.future.set_exception(DumpInterrupted())
+                pending.future.set_exception(DumpInterrupted(pending.links))
             else:
                 pending.future.set_result(pending.links)
         elif msg_type == RTM_NEWLINK:

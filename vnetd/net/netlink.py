@@ -142,14 +142,17 @@ class NetlinkBackend:
                 return None
             raise error_from_errno(exc.errno or errno.EIO, f"get link #{index}") from exc
 
-    async def list_links(self) -> list[Link]:
+    async def list_links(self, *, exact: bool = True) -> list[Link]:
+        last: list[Link] = []
         for _ in range(DUMP_RETRIES):
             try:
                 return await self._link.dump_links()
-            except DumpInterrupted:
-                continue  # the table changed under the dump: take it again
+            except DumpInterrupted as exc:
+                last = exc.links  # the table changed under the dump: take it again
             except NetlinkRequestError as exc:
                 raise error_from_errno(exc.errno or errno.EIO, "dump links") from exc
+        if not exact:
+            return last
         raise Unavailable("link dump kept being interrupted by concurrent changes")
 
     async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
