@@ -183,8 +183,17 @@ start_private() {
         rm -f "$PIDFILE"
         as_rabbit "$RMQ_BIN/rabbitmq-server" -detached
     fi
-    local t0=$SECONDS deadline=$((SECONDS + TIMEOUT))
+    local t0=$SECONDS deadline=$((SECONDS + TIMEOUT)) retried=${1:-0}
     until amqp_answers; do
+        # Seen now and then here: the VM runs but its boot never starts (no log line,
+        # no mnesia dir, for the whole timeout). A boot logs within a second or two;
+        # one that has not after 20 s is killed and started once more.
+        if ((!retried && SECONDS - t0 >= 20)) && [[ ! -s $NODE_LOG ]] && node_alive; then
+            log "$NODE wrote no log in 20 s (a stalled boot): killing it, starting once more"
+            stop_private KILL; stop_epmd
+            start_private 1
+            return
+        fi
         if ((SECONDS >= deadline)) || ! node_alive; then
             sleep 0.5; node_alive || log "the node died during boot"
             log "last lines of $NODE_LOG:"; tail -n 30 "$NODE_LOG" >&2 2>/dev/null || true
