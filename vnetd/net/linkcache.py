@@ -20,6 +20,7 @@ tests/unit/test_linkcache.py checks it against `rtnl.decode_link` message by mes
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Any
 
 from vnetd.net import rtnl
@@ -55,6 +56,20 @@ class Layout:
         """The last (payloads, flags, Link) decoded with this layout."""
 
 
+@lru_cache(maxsize=4096)
+def _compiled(fmt: str) -> struct.Struct:
+    """One Struct per format: links of one kind whose attributes have the same lengths
+    (most of them) share it. A Struct of ~40 fields is a few KiB, one per link would
+    be tens of MB at 10,000 links."""
+    return struct.Struct(fmt)
+
+
+@lru_cache(maxsize=4096)
+def _shared(values: tuple[int, ...]) -> tuple[int, ...]:
+    """The first equal tuple seen (headers and wanted indexes are shared like Structs)."""
+    return values
+
+
 def _learn(buf: rtnl.Buffer, start: int, end: int) -> Layout | None:
     """The layout of the message at buf[start:end] (start: its nlmsghdr); None when its
     attributes do not tile it exactly (truncated or odd: left to the plain walker)."""
@@ -85,8 +100,8 @@ def _learn(buf: rtnl.Buffer, start: int, end: int) -> Layout | None:
             values_fmt.append(f"{offset - cur}x")
         values_fmt.append(f"{length}s")
         cur = offset + length
-    return Layout(struct.Struct("".join(heads_fmt)), tuple(headers),
-                  struct.Struct("".join(values_fmt)), tuple(i for _, _, i in present))
+    return Layout(_compiled("".join(heads_fmt)), _shared(tuple(headers)),
+                  _compiled("".join(values_fmt)), _shared(tuple(i for _, _, i in present)))
 
 
 class LinkDecoder:
