@@ -108,7 +108,16 @@ root_main() {
             wait_amqp || die "AMQP port $PORT never accepted connections"
             log "broker up in $((SECONDS - t0))s"
             ;;
-        stop) rabbitmqctl stop; stop_epmd ;;
+        stop)
+            rabbitmqctl stop
+            # rabbitmqctl returns once the node said it halts, before its VM has
+            # exited and left epmd: wait for that (seen: epmd "still serves 1 node").
+            local deadline=$((SECONDS + 15))
+            while in_ns epmd -names 2>/dev/null | grep -q '^name rabbit at'; do
+                ((SECONDS < deadline)) || break
+                sleep 0.2
+            done
+            stop_epmd ;;
         restart) "$0" stop; "$0" start ;;
         wait) wait_amqp || die "no AMQP on 127.0.0.1:$PORT after ${TIMEOUT}s" ;;
         status) if amqp_answers; then echo up; else echo down; return 1; fi ;;
