@@ -95,6 +95,8 @@ def decode(buf: rtnl.Buffer, size: int | None = None,
             if buf[body] != socket.AF_BRIDGE:
                 link = (links.decode(buf, pos, end) if links is not None
                         else rtnl.decode_link(buf, body, end))
+                if mtype == RTM_DELLINK and links is not None:
+                    links.forget(link.index)
                 out.append(LinkEvent(mtype == RTM_DELLINK, link))
         elif mtype in (RTM_NEWADDR, RTM_DELADDR):
             addr = rtnl.decode_address(buf, body, end)
