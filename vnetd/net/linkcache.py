@@ -115,7 +115,10 @@ class LinkDecoder:
     """Decodes RTM_NEWLINK / RTM_DELLINK bodies like `rtnl.decode_link`, remembering
     layouts and decoded payloads (see the module's docstring). One per socket."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, remember: bool = True) -> None:
+        self._remember = remember
+        """Keep each link's last state, so a repeat returns the same Link (the watcher);
+        without it (request answers, dumps) nothing grows with the number of links."""
         self._layouts: dict[int, list[Layout]] = {}
         """By message length, most recently used first."""
         self._count = 0
@@ -150,6 +153,8 @@ class LinkDecoder:
         self.hits += 1
         payloads = layout.values.unpack_from(buf, start)
         wanted = layout.wanted
+        if not self._remember:
+            return self._build(index, flags, payloads, wanted)
         last = self._last.get(index)
         if (last is not None and last[1] == payloads and last[2] == flags
                 and last[0] == wanted):
