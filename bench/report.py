@@ -6,9 +6,10 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.runner import Results
+if TYPE_CHECKING:  # bench.cluster, bench.ovs and bench.overlay use write_pair alone
+    from bench.runner import Results
 
 GOALS = [
     # (id, text, numerator way, denominator way, scenario, threshold)
@@ -129,8 +130,16 @@ def goals(res: Results, med: dict[tuple[str, str, int], dict[str, float]]) -> li
     return out
 
 
-def write(res: Results, out_dir: Path) -> dict[str, Any]:
+def write_pair(out_dir: Path, name: str, result: Any, text: str) -> str:
+    """`<name>.json` (the result, indented) and `<name>.md` (its text) in `out_dir`, made
+    if missing; returns the text."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(text)
+    return text
+
+
+def write(res: Results, out_dir: Path) -> dict[str, Any]:
     med = medians(res)
     gl = goals(res, med)
     data = {
@@ -145,8 +154,7 @@ def write(res: Results, out_dir: Path) -> dict[str, Any]:
         "publisher": res.publisher,
         "events_ceiling": res.events_ceiling,
     }
-    (out_dir / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
-    (out_dir / "latest.md").write_text(markdown(data))
+    write_pair(out_dir, "latest", data, markdown(data))
     try:
         plots(data, out_dir)
     except ImportError:
