@@ -4,6 +4,7 @@ remembered layout, after a layout change, for repeats and for odd messages."""
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,6 +66,54 @@ def test_payload_bytes_changed_in_place_are_seen() -> None:
         assert link.mtu == mtu and link == plain(bytes(raw))
 
 
+def port_info(port_no: int, **tun: Any) -> dict[str, Any]:
+    """A bridge port TAP's IFLA_LINKINFO: its own kind and data, then its port data."""
+    return {"attrs": tun_info(**tun)["attrs"] + [
+        ("IFLA_INFO_SLAVE_KIND", "bridge"),
+        ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_NO", port_no),
+                                            ("IFLA_BRPORT_ID", 0x8000 + port_no)]})]}
+
+
+def test_a_new_link_is_decoded_through_the_layout_another_link_taught() -> None:
+    # A TAP just created: its first notification has the shape of its predecessors'.
+    dec = LinkDecoder()
+    raws = [encode_link(100 + i, f"tap{i:04d}", alias="vnetd:v1", master=3,
+                        mac=f"52:54:00:00:{i // 256:02x}:{i % 256:02x}",
+                        linkinfo=port_info(i + 1), extra=True) for i in range(50)]
+    links = [cached(dec, raw) for raw in raws]
+    assert links == [plain(raw) for raw in raws]
+    assert dec.hits == len(raws) - 1  # only the very first message was walked
+    assert len({link.index for link in links}) == len(raws)
+
+
+def test_the_same_state_of_another_link_is_not_taken_for_a_repeat() -> None:
+    dec = LinkDecoder()
+    a = encode_link(7, "tap0", alias="vnetd:v1", linkinfo=tun_info())
+    b = encode_link(8, "tap0", alias="vnetd:v1", linkinfo=tun_info())
+    first, other = cached(dec, a), cached(dec, b)
+    again = cached(dec, a)
+    assert (first.index, other.index, again.index) == (7, 8, 7)
+    assert again == plain(a) and cached(dec, b) == plain(b)
+
+
+def test_port_data_does_not_change_the_decoded_kind_and_tun_settings() -> None:
+    dec = LinkDecoder()
+    for port_no, owner in ((1, 107), (2, 107), (3, 108), (4, None)):
+        raw = encode_link(7, "tap0", linkinfo=port_info(port_no, owner=owner))
+        assert cached(dec, raw) == plain(raw)
+        assert cached(dec, raw).tun is not None
+
+
+def test_a_deleted_link_is_forgotten() -> None:
+    dec = LinkDecoder()
+    raw = encode_link(7, "tap0", alias="vnetd:v1", linkinfo=tun_info())
+    gone = encode_link(7, "tap0", alias="vnetd:v1", linkinfo=tun_info(),
+                       mtype=rtnl.RTM_DELLINK)
+    cached(dec, raw), cached(dec, raw)
+    assert monitor.decode(gone, links=dec)[0].deleted
+    assert 7 not in dec._last
+
+
 def test_truncated_and_odd_messages_decode_like_the_walker() -> None:
     dec = LinkDecoder()
     raw = encode_link(7, "tap0", alias="vnetd:v1", linkinfo=tun_info(), carrier_changes=2)
@@ -83,7 +132,7 @@ def test_the_monitor_decodes_the_same_with_and_without_it() -> None:
     assert monitor.decode(datagram, links=dec) == monitor.decode(datagram)
 
 
-kinds = st.sampled_from(["tap", "bridge", "veth", None])
+kinds = st.sampled_from(["tap", "port", "bridge", "veth", None])
 link_args = st.fixed_dictionaries({
     "mtu": st.integers(0, 65535), "flags": st.integers(0, 0xFFFFF),
     "oper": st.sampled_from(OPER), "carrier": st.integers(0, 1),
@@ -101,7 +150,7 @@ def test_any_sequence_of_states_decodes_like_the_walker(states: list[dict], inde
     dec = LinkDecoder()
     for state in states + states:
         kind = state.pop("kind", None) if "kind" in state else None
-        info = {"tap": tun_info(), "bridge": bridge_info(),
+        info = {"tap": tun_info(), "port": port_info(index), "bridge": bridge_info(),
                 "veth": {"attrs": [("IFLA_INFO_KIND", "veth")]}, None: None}[kind]
         raw = encode_link(index, state["name"], linkinfo=info,
                           **{k: v for k, v in state.items() if k != "name"})

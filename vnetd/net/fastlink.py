@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vnetd.net import rtnl
+from vnetd.net.linkcache import LinkDecoder
 from vnetd.net.model import Link, LinkChange
 from vnetd.net.rtnl import (
     NLM_F_ACK,
@@ -118,6 +119,8 @@ class FastLink:
         self._dump_turn = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._links = LinkDecoder(remember=False)
+        """Answers and dumps decoded through shared layouts (net/linkcache.py)."""
 
     @staticmethod
     def open_socket() -> socket.socket:
@@ -246,12 +249,12 @@ class FastLink:
                 break
             pending = self._pending.get(seq)
             if pending is not None and not pending.future.done():
-                self._one(pending, view, pos, length, msg_type, flags)
+                self._one(pending, view, pos, length, msg_type, flags, self._links)
             pos += (length + 3) & ~3
 
     @staticmethod
     def _one(pending: _Pending, view: memoryview, pos: int, length: int, msg_type: int,
-             flags: int) -> None:
+             flags: int, links: LinkDecoder) -> None:
         if flags & NLM_F_DUMP_INTR:
             pending.interrupted = True
         if msg_type == NLMSG_ERROR:
@@ -266,7 +269,7 @@ class FastLink:
             else:
                 pending.future.set_result(pending.links)
         elif msg_type == RTM_NEWLINK:
-            pending.links.append(rtnl.decode_link(view, pos + 16, pos + length))
+            pending.links.append(links.decode(view, pos, pos + length))
             if not pending.dump and not flags & NLM_F_MULTI:
                 pending.future.set_result(pending.links)
 
