@@ -31,9 +31,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "working tree, which other engineers may be editing")
     p.add_argument("--profile", type=Path, default=None, metavar="FILE",
                    help="record a py-spy profile of the daemon during plug/unplug")
-    p.add_argument("--only", choices=["events"], default=None,
+    p.add_argument("--only", choices=["events", "plug"], default=None,
                    help="run one scenario only (events: the rates 1,000 to 20,000/s "
-                        "and as fast as possible; with --before, old and new side by side)")
+                        "and as fast as possible; with --before, old and new side by side; "
+                        "plug: plug/unplug with the no-op responders and the load client "
+                        "check)")
+    p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                   metavar="N[,N...]", help="the plug scenario's sizes (default: the mode's); "
+                   "a size not in the mode gets 3 repetitions")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return p.parse_args(argv)
 
@@ -51,6 +56,9 @@ def inner(args: argparse.Namespace) -> int:
         plan.event_rates = [1000.0, 5000.0, 10000.0, 15000.0, 20000.0, None]
         plan.event_seconds = 3.0
     plan.profile = args.profile
+    if args.sizes:
+        plan.reps = {n: plan.reps.get(n, 3) for n in args.sizes}
+        plan.sizes = args.sizes
     plan.before_ref = args.before
     tree = export_tree(args.ref) if args.ref else None
     if tree is not None:

@@ -6,11 +6,12 @@ bookkeeping must not be what limits a figure: aio-pika's publish path, a task an
 drain per message, capped the no-op responder near 1,300 round trips/s here while
 the transport did ~2,000).
 
-`python -m bench.client URL HOST_ID OP N CONCURRENCY START_AT` runs N jobs from a
-process of its own, starting at START_AT (time.perf_counter), and prints `{"start":
-..., "end": ..., "latencies_ms": [...], "errors": ...}`: the runner starts two of
-them to check that a second client process does not raise the figure (then one
-client is not the bottleneck).
+`python -m bench.client URL HOST_ID OP N CONCURRENCY` runs N jobs from a process of
+its own: once connected it prints `ready`, reads the time to start at
+(time.perf_counter) from stdin, and prints `{"start": ..., "end": ..., "latencies_ms":
+[...], "errors": ..., "cpu_s": ...}` (cpu_s: its CPU time from start to end): the runner
+starts two of them to check that a second client process does not raise the figure
+(then one client is not the bottleneck).
 """
 
 from __future__ import annotations
@@ -76,8 +77,7 @@ class LeanRpc:
             self._pending.pop(cid, None)
 
 
-async def _run(url: str, host_id: str, op: str, n: int, concurrency: int,
-               start_at: float) -> dict[str, Any]:
+async def _run(url: str, host_id: str, op: str, n: int, concurrency: int) -> dict[str, Any]:
     from bench.ways import bridge_of, tap_names
 
     names = iter(enumerate(tap_names(f"c{uuid.uuid4().hex[:3]}", n)))
@@ -93,15 +93,20 @@ async def _run(url: str, host_id: str, op: str, n: int, concurrency: int,
                 latencies.append((time.perf_counter() - t0) * 1000)
                 errors += reply.get("ok") is not True
 
-        # Start together with the other client processes: at `start_at` on the
-        # machine-wide monotonic clock (time.perf_counter is CLOCK_MONOTONIC).
+        # Start together with the other client processes: at the time the runner
+        # sends once all are connected, on the machine-wide monotonic clock
+        # (time.perf_counter is CLOCK_MONOTONIC).
+        print("ready", flush=True)
+        start_at = float(await asyncio.to_thread(sys.stdin.readline))
         await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         t1 = time.perf_counter()
-    return {"start": t0, "end": t1, "latencies_ms": latencies, "errors": errors}
+        cpu = time.process_time() - cpu0
+    return {"start": t0, "end": t1, "latencies_ms": latencies, "errors": errors, "cpu_s": cpu}
 
 
 if __name__ == "__main__":
-    url_, host_, op_, n_, c_, at_ = sys.argv[1:7]
-    json.dump(asyncio.run(_run(url_, host_, op_, int(n_), int(c_), float(at_))), sys.stdout)
+    url_, host_, op_, n_, c_ = sys.argv[1:6]
+    json.dump(asyncio.run(_run(url_, host_, op_, int(n_), int(c_))), sys.stdout)

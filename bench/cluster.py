@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import lab as lab_mod
+from bench import report
 from tests.integration.events_subscriber import Subscriber
 from tests.support import netns as nsmod
 from tests.support.cluster import (
@@ -295,11 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if result["throughput"] is None:
         sys.stdout.write(json.dumps(result["rounds"], indent=1) + "\n")
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cluster.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (args.out / "cluster.md").write_text(text)
-    sys.stdout.write(text)
+    sys.stdout.write(report.write_pair(args.out, "cluster", result, markdown(result)))
     return 0
 
 

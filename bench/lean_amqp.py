@@ -40,6 +40,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 DELIVER = _U32.pack((60 << 16) | 60)  # basic.deliver's class and method ids
 ACK = _U32.pack((60 << 16) | 80)  # basic.ack (a publisher confirm)
+NACK = _U32.pack((60 << 16) | 120)  # basic.nack
 CHANNEL = 1
 
 
@@ -56,6 +57,8 @@ class _Protocol(asyncio.Protocol):
         self.acked = 0
         """Highest delivery tag the broker confirmed (publisher side)."""
         self.on_ack: asyncio.Event = asyncio.Event()
+        self.nacked = 0
+        """Publishes the broker refused (basic.nack)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -83,20 +86,38 @@ class _Protocol(asyncio.Protocol):
                     self._deliver(now)
             elif kind == FRAME_HEADER:
                 (self._left,) = _U64.unpack_from(buf, start + 4)
+                self._header(buf, start)
                 if self._left == 0:
                     self._deliver(now)
             elif kind == FRAME_METHOD and buf[start:start + 4] == DELIVER:
                 self._body.clear()
-            elif kind == FRAME_METHOD and buf[start:start + 4] == ACK:
-                # Tags are confirmed in order on one channel here: the highest is enough.
+                self._delivery(buf, start + 4)
+            elif kind == FRAME_METHOD and buf[start:start + 4] in (ACK, NACK):
                 (tag,) = _U64.unpack_from(buf, start + 4)
-                self.acked = max(self.acked, tag)
-                self.on_ack.set()
+                self._confirmed(tag, bool(buf[start + 12] & 1), buf[start:start + 4] == ACK)
             elif kind != FRAME_HEARTBEAT:
                 _, _, value = frame.unmarshal(bytes(buf[pos:end]))
                 self.replies.put_nowait(value)  # type: ignore[arg-type]
             pos = end
         del buf[:pos]
+        self._read_done()
+
+    def _delivery(self, buf: bytearray, pos: int) -> None:
+        """A basic.deliver's arguments start at `pos` (for subclasses)."""
+
+    def _header(self, buf: bytearray, start: int) -> None:
+        """A content header's payload starts at `start` (for subclasses)."""
+
+    def _confirmed(self, tag: int, multiple: bool, ok: bool) -> None:
+        if not ok:
+            self.nacked += 1
+            return
+        # Tags are confirmed in order on one channel here: the highest is enough.
+        self.acked = max(self.acked, tag)
+        self.on_ack.set()
+
+    def _read_done(self) -> None:
+        """Every complete frame of one read was handled (for subclasses)."""
 
     def _deliver(self, now: float) -> None:
         self.received.append((now, b"".join(self._body)))
@@ -115,6 +136,9 @@ class LeanSubscriber:
         self.exchange = exchange
         self._proto: _Protocol | None = None
         self.frame_max = 131072
+
+    protocol: type[_Protocol] = _Protocol
+    """What parses the connection's frames (LeanResponder's parses jobs)."""
 
     @property
     def received(self) -> list[tuple[float, bytes]]:
@@ -149,7 +173,7 @@ class LeanSubscriber:
         """Connection and channel 1; returns the queue to consume (None: make one)."""
         u = urlparse(self.url)
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_connection(_Protocol, u.hostname or "127.0.0.1",
+        _, proto = await loop.create_connection(self.protocol, u.hostname or "127.0.0.1",
                                                 u.port or 5672)
         self._proto = proto
         if proto.transport is None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import lab as lab_mod
+from bench import report
 from tests.support import fleet as f
 from tests.support.daemon import DaemonProcess
 from tests.support.env import REPO_ROOT
@@ -407,18 +407,12 @@ def main(argv: list[str] | None = None) -> int:
                    *(sys.argv[1:] if argv is None else argv)]
             return subprocess.run(cmd, env={**os.environ, **env}, cwd=REPO_ROOT,
                                   check=False).returncode
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.entries_only:
         ab = asyncio.run(run_ab(args))
-        (args.out / "overlay-ab.json").write_text(json.dumps(ab, indent=2) + "\n")
-        (args.out / "overlay-ab.md").write_text(markdown_ab(ab))
-        sys.stdout.write(markdown_ab(ab))
+        sys.stdout.write(report.write_pair(args.out, "overlay-ab", ab, markdown_ab(ab)))
         return 0
     result = asyncio.run(run(args))
-    (args.out / "overlay.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (args.out / "overlay.md").write_text(text)
-    sys.stdout.write(text)
+    sys.stdout.write(report.write_pair(args.out, "overlay", result, markdown(result)))
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import lab as lab_mod
+from bench import report
 from tests.support.daemon import DaemonProcess
 from tests.support.env import REPO_ROOT
 from tests.support.netns import run_in
@@ -185,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             return subprocess.run(cmd, env={**os.environ, **env}, cwd=REPO_ROOT,
                                   check=False).returncode
     result = asyncio.run(run(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ovs.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    (args.out / "ovs.md").write_text(text)
-    sys.stdout.write(text)
+    sys.stdout.write(report.write_pair(args.out, "ovs", result, markdown(result)))
     return 0
 
 

@@ -6,14 +6,22 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.runner import Results
+if TYPE_CHECKING:  # bench.cluster, bench.ovs and bench.overlay use write_pair alone
+    from bench.runner import Results
 
-GOALS = [
-    # (id, text, numerator way, denominator way, scenario, threshold)
-    ("e2e_vs_noop", "plug end to end, 64 in flight, vs the no-op responder", "vnetd jobs x64",
-     "no-op responder x64", "plug", 0.6),
+NOOP = "no-op responder (lean) x64"
+"""The goal's baseline: the leanest responder doing vnetd's AMQP work (bench/responder.py)."""
+NOOP_AIO_PIKA = "no-op responder (aio-pika) x64"
+
+GOALS: list[tuple[str, str, str, str, str, float | None]] = [
+    # (id, text, numerator way, denominator way, scenario, threshold; None: no goal)
+    ("e2e_vs_noop", "plug end to end, 64 in flight, vs the no-op responder (lean)",
+     "vnetd jobs x64", NOOP, "plug", 0.6),
+    ("e2e_vs_noop_aio_pika", "plug end to end, 64 in flight, vs the aio-pika no-op responder "
+     "(the baseline before; not the transport's floor)", "vnetd jobs x64", NOOP_AIO_PIKA,
+     "plug", None),
     ("e2e_vs_subprocess", "plug end to end, 64 in flight, vs the subprocess way",
      "vnetd jobs x64", "ip per step (subprocess)", "plug", 4.0),
     ("batch_vs_ip_batch", "plug through one batch job vs `ip -batch`", "vnetd one batch",
@@ -35,9 +43,10 @@ def medians(res: Results) -> dict[tuple[str, str, int], dict[str, float]]:
             "ops_per_s": statistics.median(r.ops_per_s for r in runs), "reps": len(runs)}
         p50 = [r.percentile(50) for r in runs if r.latencies_ms and len(r.latencies_ms) > 1]
         p99 = [r.percentile(99) for r in runs if r.latencies_ms and len(r.latencies_ms) > 1]
-        cpu = [r.server_cpu_ms for r in runs if r.server_cpu_ms is not None]
-        if cpu:
-            entry["server_cpu_ms"] = statistics.median(cpu)
+        for what in ("server_cpu_ms", "client_cpu_ms", "broker_cpu_ms"):
+            cpu = [v for r in runs if (v := getattr(r, what)) is not None]
+            if cpu:
+                entry[what] = statistics.median(cpu)
         if p50:
             entry["p50_ms"] = statistics.median(p50)
             entry["p99_ms"] = statistics.median(p99)
@@ -55,7 +64,7 @@ def goals(res: Results, med: dict[tuple[str, str, int], dict[str, float]]) -> li
                 continue
             ratio = a["ops_per_s"] / b["ops_per_s"]
             out.append({"goal": gid, "text": text, "n": n, "target": thr,
-                        "ratio": round(ratio, 2), "met": ratio >= thr,
+                        "ratio": round(ratio, 2), "met": None if thr is None else ratio >= thr,
                         "numerator_ops_per_s": round(a["ops_per_s"], 1),
                         "denominator_ops_per_s": round(b["ops_per_s"], 1)})
     for s in res.scale:
@@ -89,11 +98,10 @@ def goals(res: Results, med: dict[tuple[str, str, int], dict[str, float]]) -> li
                         "text": "libvirt network define+start+destroy+undefine: vnetd's time "
                                 "over libvirt-python's", "target": "< 5 %",
                         "value": f"{over * 100:.1f} %", "met": over < 0.05})
-    if res.client_check:
-        c = res.client_check
+    for c in res.client_check.values():
         out.append({"goal": "client_not_bottleneck",
-                    "text": "no-op responder x64: 2 client processes / 1 (the load client is "
-                            "not the limit)", "target": "<= 1.1", "value": c["ratio"],
+                    "text": f"{c['responder']} x64: 2 client processes / 1 (the load client "
+                            "is not the limit)", "target": "<= 1.1", "value": c["ratio"],
                     "met": None if c["client_is_bottleneck"] is None
                     else not c["client_is_bottleneck"]})
     current = [e for e in res.events if e.get("vnetd", "current") == "current"]
@@ -129,8 +137,16 @@ def goals(res: Results, med: dict[tuple[str, str, int], dict[str, float]]) -> li
     return out
 
 
-def write(res: Results, out_dir: Path) -> dict[str, Any]:
+def write_pair(out_dir: Path, name: str, result: Any, text: str) -> str:
+    """`<name>.json` (the result, indented) and `<name>.md` (its text) in `out_dir`, made
+    if missing; returns the text."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(text)
+    return text
+
+
+def write(res: Results, out_dir: Path) -> dict[str, Any]:
     med = medians(res)
     gl = goals(res, med)
     data = {
@@ -145,8 +161,7 @@ def write(res: Results, out_dir: Path) -> dict[str, Any]:
         "publisher": res.publisher,
         "events_ceiling": res.events_ceiling,
     }
-    (out_dir / "latest.json").write_text(json.dumps(data, indent=2) + "\n")
-    (out_dir / "latest.md").write_text(markdown(data))
+    write_pair(out_dir, "latest", data, markdown(data))
     try:
         plots(data, out_dir)
     except ImportError:
@@ -188,8 +203,9 @@ def markdown(data: dict[str, Any]) -> str:
         if "ratio" in g:
             measured = (f"{g['ratio']}x ({_fmt(g['numerator_ops_per_s'])} vs "
                         f"{_fmt(g['denominator_ops_per_s'])} ops/s)")
-            lines.append(f"| {g['text']} | {g['n']} | >= {g['target']}x | {measured} | "
-                         f"{'yes' if g['met'] else 'NO'} |")
+            target, met = (("-", "-") if g["target"] is None else
+                           (f">= {g['target']}x", "yes" if g["met"] else "NO"))
+            lines.append(f"| {g['text']} | {g['n']} | {target} | {measured} | {met} |")
         else:
             met = "-" if g["met"] is None else ("yes" if g["met"] else "NO")
             value = g.get("note") if g["value"] is None else g["value"]
@@ -220,18 +236,35 @@ def markdown(data: dict[str, Any]) -> str:
                          f"| {p['delivered_per_s']} | {p['cpu_ms_per_event']} | {p['p50_ms']} "
                          f"| {p['p99_ms']} |")
     if data.get("client_check"):
-        c = data["client_check"]
         lines += ["", "## Load client check", "",
-                  "The no-op responder, 64 in flight, driven by the benchmark's client in one "
-                  f"process: {c['one_process_ops_per_s']} ops/s; by two client processes "
-                  f"(32 each) right after: {c['two_processes_ops_per_s']} ops/s "
-                  f"(ratio {c['ratio']}; the two started {c.get('start_skew_ms')} ms apart). "
-                  + ("The processes started too far apart for a verdict (more than 10% "
-                     "of the run)." if c["client_is_bottleneck"] is None else
-                     "A second client raised the figure: the client limits it."
-                     if c["client_is_bottleneck"] else
-                     "A second client did not raise it (within 10%): the client is not the "
-                     "bottleneck.")]
+                  "Each no-op responder, 64 in flight, driven by the benchmark's client in one "
+                  "process and by two client processes (32 each), side by side (medians over "
+                  "the repetitions; CPU per job of the responder, the client processes and "
+                  "the broker):", "",
+                  "| responder | N | reps | 1 process ops/s | 2 processes ops/s | 2 / 1 | "
+                  "start skew ms | verdict |", "|---|---|---|---|---|---|---|---|"]
+        for c in data["client_check"].values():
+            verdict = ("no verdict: the processes started more than 10% of the run apart"
+                       if c["client_is_bottleneck"] is None else
+                       "the client limits the figure" if c["client_is_bottleneck"] else
+                       "the client is not the bottleneck")
+            lines.append(f"| {c['responder']} | {c['n']} | {c['reps']} | "
+                         f"{c['one_process_ops_per_s']} | {c['two_processes_ops_per_s']} | "
+                         f"{c['ratio']} | {c['start_skew_ms']} | {verdict} |")
+        rows = [r for r in data["medians"] if "client process" in r["way"]]
+        lines += ["", "Cores busy: CPU ms per job x jobs/s / 1000 (of this machine's "
+                  f"{data['meta'].get('cpus')}); a client that keeps less than one core busy "
+                  "is not what limits the figure.", "",
+                  "| way | ops/s | responder CPU ms/job | client CPU ms/job | "
+                  "broker CPU ms/job | cores busy: responder, client, broker |",
+                  "|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: r["way"]):
+            busy = ", ".join("-" if r.get(k) is None else f"{r[k] * r['ops_per_s'] / 1000:.2f}"
+                             for k in ("server_cpu_ms", "client_cpu_ms", "broker_cpu_ms"))
+            lines.append(f"| {r['way']} | {_fmt(r['ops_per_s'])} | "
+                         f"{_fmt(r.get('server_cpu_ms'), 3)} | "
+                         f"{_fmt(r.get('client_cpu_ms'), 3)} | "
+                         f"{_fmt(r.get('broker_cpu_ms'), 3)} | {busy} |")
     if data["scale"]:
         lines += ["", "## Scale: existing interfaces", "",
                   "| existing links | start to READY s | host.snapshot ms | links in snapshot "
@@ -303,11 +336,12 @@ def markdown(data: dict[str, Any]) -> str:
 
 COMPARISONS = {
     # scenario: [(vnetd way, baseline way)], one group of bars each; goals come from GOALS
-    "plug": [("vnetd jobs x64", "no-op responder x64"),
+    "plug": [("vnetd jobs x64", NOOP),
+             ("vnetd jobs x64", NOOP_AIO_PIKA),
              ("vnetd jobs x64", "ip per step (subprocess)"),
              ("vnetd one batch", "ip -batch"),
              ("vnetd one batch, pipelined", "ip -batch"),
-             ("vnetd jobs x1", "no-op responder x1")],
+             ("vnetd jobs x1", "no-op responder (lean) x1")],
     "unplug": [("vnetd jobs x64", "ip per step (subprocess)"),
                ("vnetd jobs x64", "ip -batch (group delete)"),
                ("vnetd one batch, pipelined", "ip -batch (group delete)"),

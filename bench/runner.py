@@ -12,17 +12,20 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import tarfile
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench import events, scale, ways
 from bench import libvirt as lv_bench
+from bench import responder as responder_mod
 from bench.client import LeanRpc
 from bench.lab import log, run
 from bench.lean_amqp import LeanSubscriber
@@ -53,6 +56,10 @@ class Plan:
     libvirt_reps: int = 2
     publisher_n: int = 20000
     publisher_reps: int = 3
+    responders: tuple[str, ...] = responder_mod.WAYS
+    """The no-op responders measured (bench/responder.py); the goal's is `lean`."""
+    client_check_responders: tuple[str, ...] = responder_mod.WAYS
+    client_check_reps: int = 3
     """Above this N, ways that delete one device at a time (~18 ms each) are not timed
     for unplug; their TAPs are removed with one group delete instead."""
     before_ref: str | None = None
@@ -65,7 +72,8 @@ class Plan:
                    sequential_unplug_max=100, event_rates=[100.0, 1000.0], event_seconds=1.5,
                    event_checks=False,
                    plug_existing=[0, 1000], plug_existing_n=100, plug_existing_reps=1,
-                   libvirt_n=5, libvirt_reps=2, publisher_n=5000, publisher_reps=1)
+                   libvirt_n=5, libvirt_reps=2, publisher_n=5000, publisher_reps=1,
+                   client_check_responders=("lean",), client_check_reps=1)
 
     @classmethod
     def full(cls, before_ref: str | None) -> Plan:
@@ -100,12 +108,12 @@ class Results:
     unavailable: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    client_check: dict[str, Any] = field(default_factory=dict)
+    client_check: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per no-op responder: driven by one client process and by two (see client_check)."""
     publisher: list[dict[str, Any]] = field(default_factory=list)
     """bench/publisher.py runs: the event publisher alone."""
     events_ceiling: dict[str, Any] = field(default_factory=dict)
     """The broker's ceiling for the events' message size, and the second-subscriber check."""
-    """The no-op responder driven by one client process and by two (see client_check)."""
 
 
 def _ours_left(ns: str) -> list[str]:
@@ -155,17 +163,48 @@ async def _start_daemon(env: Env, ns: str, tag: str, extra_env: dict[str, str] |
     return d
 
 
-async def _start_responder(env: Env, host_id: str) -> subprocess.Popen[str]:
+@dataclass
+class Responder:
+    """A no-op responder process (bench/responder.py) and the host id it answers for."""
+
+    way: str
+    host_id: str
+    proc: subprocess.Popen[str]
+
+    @property
+    def label(self) -> str:
+        return f"no-op responder ({self.way})"
+
+    async def stop(self) -> None:
+        self.proc.terminate()
+        await asyncio.to_thread(self.proc.wait)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+async def _start_responder(env: Env, way: str, host_id: str, prefetch: int,
+                           reply: bytes) -> Responder:
     proc = subprocess.Popen(
-        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "bench.responder", env.amqp_url,
-         host_id, "128"], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
-        start_new_session=True)
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "bench.responder", way,
+         env.amqp_url, host_id, str(prefetch), reply.decode()], cwd=REPO_ROOT,
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None
     line = await asyncio.to_thread(proc.stdout.readline)
     if line.strip() != "READY":
         proc.kill()
-        raise RuntimeError("the no-op responder did not start")
-    return proc
+        raise RuntimeError(f"the no-op responder ({way}) did not start")
+    return Responder(way, host_id, proc)
+
+
+async def sample_reply(rpc: LeanRpc, host_id: str) -> bytes:
+    """The body of one of vnetd's `tap.ensure` replies (a TAP created and attached, as in
+    the plug ways; names of the same length), encoded compactly as vnetd's orjson does:
+    what the no-op responders answer with."""
+    name = ways.tap_names("w", 99)[-1]
+    reply = await rpc.call(host_id, "tap.ensure", {"name": name, "bridge": ways.bridge_of(0)})
+    assert reply.get("ok") is True, reply
+    assert (await rpc.call(host_id, "tap.delete", {"name": name})).get("ok") is True
+    return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
@@ -175,7 +214,7 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
     ns_vnetd, ns_ip = env.new_ns(), env.new_ns()
     spaces = [ns_vnetd, ns_ip]
     daemons: list[DaemonProcess] = []
-    responder = None
+    responders: list[Responder] = []
     before_dir = None
     daemons_spy: list[subprocess.Popen[bytes]] = []
     try:
@@ -209,8 +248,6 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
                                     "-o", str(plan.profile)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
             daemons_spy.append(spy)
-        noop_id = f"b-{env.suffix}-noop"
-        responder = await _start_responder(env, noop_id)
         async with LeanRpc(env.amqp_url) as rpc:
             for br in ways.bridges_for(max(plan.sizes)):
                 for d in daemons:
@@ -223,11 +260,17 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
             for d in daemons:
                 await ways.vnetd_jobs(rpc, d.host_id, "plug", warm, 4)
                 await ways.vnetd_jobs(rpc, d.host_id, "unplug", warm, 4)
-            await ways.noop_jobs(rpc, noop_id, "plug", warm, 4)
+            sample = await sample_reply(rpc, vnetd.host_id)
+            for way in plan.responders:
+                responders.append(await _start_responder(
+                    env, way, f"b-{env.suffix}-noop-{way}", vnetd.config["amqp"]["prefetch"],
+                    sample))
+                await ways.noop_jobs(rpc, responders[-1].host_id, "plug", warm, 4)
+            serving = {resp.label: resp.proc.pid for resp in responders}
 
             for n in plan.sizes:
                 for rep in range(plan.reps[n]):
-                    entries = _ways_for(plan, n, rpc, vnetd.host_id, noop_id, ns_ip,
+                    entries = _ways_for(plan, n, rpc, vnetd.host_id, responders, ns_ip,
                                         before.host_id if before else None, res,
                                         quiet.host_id)
                     shift = rep % len(entries)
@@ -236,31 +279,33 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
                         log(f"plug n={n} rep={rep + 1}: {label}")
                         server = None
                         ns = ns_ip
-                        if label.startswith("no-op"):
-                            server = responder.pid
+                        if label.rsplit(" x", 1)[0] in serving:
+                            server = serving[label.rsplit(" x", 1)[0]]
                         elif "before" in label and before is not None and ns_before:
                             server, ns = before.pid, ns_before
                         elif "events off" in label:
                             server, ns = quiet.pid, ns_quiet
                         elif label.startswith("vnetd"):
                             server, ns = vnetd.pid, ns_vnetd
+                        # The serving process's CPU: vnetd's or the responder's from
+                        # /proc (a responder's to the ns: it spends a few ms per run), the
+                        # `ip` processes' (waited-for children) otherwise.
+                        cpu = (ways.children_cpu if not server else
+                               partial(ways.cpu_seconds_fine, server)
+                               if server in serving.values() else
+                               partial(ways.cpu_seconds, server))
                         try:
-                            # The serving process's CPU: vnetd's or the responder's from
-                            # /proc, the `ip` processes' (waited-for children) otherwise.
-                            cpu0 = ways.cpu_seconds(server) if server else ways.children_cpu()
+                            cpu0 = cpu()
                             r = await plug(names)
-                            r.server_cpu_ms = ((ways.cpu_seconds(server) if server else
-                                                ways.children_cpu()) - cpu0) * 1000 / n
+                            r.server_cpu_ms = (cpu() - cpu0) * 1000 / n
                             r.note = f"rep {rep + 1}"
                             res.runs.append(r)
                             if not label.startswith("no-op"):
                                 await asyncio.to_thread(check_plugged, ns, names)
                             if unplug is not None:
-                                cpu0 = (ways.cpu_seconds(server) if server
-                                        else ways.children_cpu())
+                                cpu0 = cpu()
                                 u = await unplug(names)
-                                u.server_cpu_ms = ((ways.cpu_seconds(server) if server else
-                                                    ways.children_cpu()) - cpu0) * 1000 / n
+                                u.server_cpu_ms = (cpu() - cpu0) * 1000 / n
                                 u.note = f"rep {rep + 1}" + (f"; {u.note}" if u.note else "")
                                 res.runs.append(u)
                         except (ways.WayError, TimeoutError) as exc:
@@ -269,16 +314,15 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
                             log(f"FAILED {label} n={n}: {exc}")
                         finally:
                             await asyncio.to_thread(clean, ns)
-            await client_check(env, rpc, noop_id, responder.pid, max(plan.sizes), res)
+            await client_check(env, rpc, [resp for resp in responders
+                                          if resp.way in plan.client_check_responders],
+                               max(plan.sizes), plan.client_check_reps, res)
     finally:
         for spy in daemons_spy:
             spy.send_signal(2)
             await asyncio.to_thread(spy.wait)
-        if responder is not None:
-            responder.terminate()
-            await asyncio.to_thread(responder.wait)
-            if responder.stdout is not None:
-                responder.stdout.close()
+        for resp in responders:
+            await resp.stop()
         for d in daemons:
             await d.stop()
         for ns in spaces:
@@ -290,45 +334,95 @@ async def plug_unplug(env: Env, plan: Plan, res: Results) -> None:
 Step = Callable[[list[str]], Awaitable[Run]]
 
 
-async def client_check(env: Env, rpc: LeanRpc, noop_id: str, responder_pid: int, n: int,
-                       res: Results) -> None:
-    """Is the load client the bottleneck? The no-op responder, 64 in flight, driven by
-    this process's client and then by two client processes (32 each), side by side: if
-    the second figure is not higher, one client is not what limits the figures."""
+async def client_check(env: Env, rpc: LeanRpc, responders: list[Responder], n: int,
+                       reps: int, res: Results) -> None:
+    """Is the load client the bottleneck? Each no-op responder, 64 in flight, driven by
+    this process's client and by two client processes (32 each), side by side, `reps`
+    times (responders and the 1/2 order rotated): if two processes do not reach a
+    higher figure, one client is not what limits the figures. The fastest responder is
+    the one a slow client would cap first. Besides the responder's CPU per job, the
+    client's and the broker's (where its pid is known)."""
     n = max(n, 1000)  # long enough that the processes' start skew is small beside it
-    names = ways.tap_names("z", n)
-    cpu0 = ways.cpu_seconds(responder_pid)
-    one = await ways.noop_jobs(rpc, noop_id, "plug", names, 64)
-    one.server_cpu_ms = (ways.cpu_seconds(responder_pid) - cpu0) * 1000 / n
-    one.way, one.note = "no-op responder x64, 1 client process", "client check"
-    cpu0 = ways.cpu_seconds(responder_pid)
-    # Both processes imported and connected by then (a loaded machine takes seconds:
-    # with 3 s one often started late, and the idle time counted against them).
-    start_at = time.perf_counter() + 8.0
+    broker = events.broker_pid(env.workdir)
+    runs: dict[tuple[str, int], list[Run]] = {}
+    skews: dict[str, list[float]] = {}
+    for rep in range(reps):
+        shift = rep % max(len(responders), 1)
+        for r in responders[shift:] + responders[:shift]:
+            for clients in ((1, 2) if rep % 2 == 0 else (2, 1)):
+                log(f"client check rep {rep + 1}: {r.label}, {clients} client process(es)")
+                cpu0 = _cpu(r.proc.pid, broker)
+                if clients == 1:
+                    t0 = time.process_time()
+                    run_ = await ways.noop_jobs(rpc, r.host_id, "plug", ways.tap_names("z", n),
+                                                64)
+                    client_cpu = time.process_time() - t0
+                else:
+                    run_, skew, client_cpu = await _two_clients(env, r.host_id, n)
+                    skews.setdefault(r.way, []).append(skew)
+                server, broker_cpu = (b - a for a, b in zip(cpu0, _cpu(r.proc.pid, broker),
+                                                            strict=True))
+                run_.way = (f"{r.label} x64, {clients} client process"
+                            + ("es" if clients > 1 else ""))
+                run_.note = f"client check, rep {rep + 1}"
+                run_.server_cpu_ms = server * 1000 / run_.n
+                run_.client_cpu_ms = client_cpu * 1000 / run_.n
+                run_.broker_cpu_ms = broker_cpu * 1000 / run_.n if broker else None
+                res.runs.append(run_)
+                runs.setdefault((r.way, clients), []).append(run_)
+    for r in responders:
+        one, two = runs[(r.way, 1)], runs[(r.way, 2)]
+        one_ops = statistics.median(x.ops_per_s for x in one)
+        two_ops = statistics.median(x.ops_per_s for x in two)
+        ratio = two_ops / one_ops if one_ops else 0.0
+        # The processes' start skew counts as idle time: beyond 10% of a run, no verdict.
+        conclusive = all(sk <= 0.1 * x.seconds for sk, x in zip(skews[r.way], two, strict=True))
+        res.client_check[r.way] = {
+            "responder": r.label, "n": n, "reps": len(one),
+            "one_process_ops_per_s": round(one_ops, 1),
+            "two_processes_ops_per_s": round(two_ops, 1),
+            "start_skew_ms": round(max(skews[r.way]) * 1000, 1),
+            "ratio": round(ratio, 2), "conclusive": conclusive,
+            "client_is_bottleneck": ratio > 1.1 if conclusive else None}
+        log(f"client check {r.label}: {res.client_check[r.way]}")
+
+
+def _cpu(pid: int, broker: int | None) -> tuple[float, float]:
+    return ways.cpu_seconds_fine(pid), ways.cpu_seconds_fine(broker) if broker else 0.0
+
+
+async def _two_clients(env: Env, host_id: str, n: int) -> tuple[Run, float, float]:
+    """n jobs from two client processes (n/2 each, 32 in flight each), started together
+    once both are connected; the run, their start skew and their CPU seconds."""
     procs = [await asyncio.create_subprocess_exec(
         str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "bench.client", env.amqp_url,
-        noop_id, "tap.ensure", str(n // 2), "32", str(start_at), cwd=REPO_ROOT,
+        host_id, "tap.ensure", str(n // 2), "32", cwd=REPO_ROOT, stdin=subprocess.PIPE,
         stdout=subprocess.PIPE) for _ in range(2)]
-    outs = [json.loads(out) for out, _ in
-            await asyncio.gather(*(p.communicate() for p in procs))]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = await asyncio.wait_for(p.stdout.readline(), 60)
+            if line.strip() != b"ready":
+                raise RuntimeError(f"a load client did not start: {line!r}")
+        # Imported and connected: both start on the machine-wide monotonic clock.
+        start_at = f"{time.perf_counter() + 0.2}\n".encode()
+        outs = [json.loads(out) for out, _ in
+                await asyncio.gather(*(p.communicate(start_at) for p in procs))]
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
     span = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     skew = max(o["start"] for o in outs) - min(o["start"] for o in outs)
-    two = Run("plug", "no-op responder x64, 2 client processes", 2 * (n // 2), span, 64,
-              [x for o in outs for x in o["latencies_ms"]], note="client check")
-    two.server_cpu_ms = (ways.cpu_seconds(responder_pid) - cpu0) * 1000 / two.n
-    res.runs += [one, two]
-    ratio = two.ops_per_s / one.ops_per_s if one.ops_per_s else 0.0
-    # The processes' start skew counts as idle time: beyond 10% of the run, no verdict.
-    conclusive = skew <= 0.1 * span
-    res.client_check = {"one_process_ops_per_s": round(one.ops_per_s, 1),
-                        "two_processes_ops_per_s": round(two.ops_per_s, 1),
-                        "start_skew_ms": round(skew * 1000, 1),
-                        "ratio": round(ratio, 2), "conclusive": conclusive,
-                        "client_is_bottleneck": ratio > 1.1 if conclusive else None}
-    log(f"client check: {res.client_check}")
+    if any(o["errors"] for o in outs):
+        raise ways.WayError(f"load clients: {sum(o['errors'] for o in outs)} jobs failed")
+    run_ = Run("plug", "", 2 * (n // 2), span, 64,
+               [x for o in outs for x in o["latencies_ms"]])
+    return run_, skew, sum(o["cpu_s"] for o in outs)
 
 
-def _ways_for(plan: Plan, n: int, rpc: LeanRpc, vid: str, noop: str, ns: str,
+def _ways_for(plan: Plan, n: int, rpc: LeanRpc, vid: str, noops: list[Responder], ns: str,
               before: str | None, res: Results,
               quiet: str) -> list[tuple[str, str, Step, Step | None]]:
     """The ways for one size; `ns` is the baselines' namespace (vnetd uses its own)."""
@@ -377,9 +471,10 @@ def _ways_for(plan: Plan, n: int, rpc: LeanRpc, vid: str, noop: str, ns: str,
                                        "vnetd events off x64"),
                 lambda names: _relabel(ways.vnetd_jobs(rpc, quiet, "unplug", names, 64),
                                        "vnetd events off x64")))
-    for c in plan.concurrency:
-        out.append((f"no-op x{c}", "z", lambda names, c=c: ways.noop_jobs(
-            rpc, noop, "plug", names, c), None))
+    for r in noops:
+        for c in plan.concurrency:
+            out.append((f"{r.label} x{c}", "z", lambda names, c=c, r=r: ways.noop_jobs(
+                rpc, r.host_id, "plug", names, c, r.label), None))
     return out
 
 
@@ -611,8 +706,13 @@ async def run_all(env: Env, plan: Plan, mode: str, only: str | None = None) -> R
         await publisher_scenario(env, plan, res)
         await events_scenario(env, plan, res)
         return res
-    with_events = availability(res)
     t0 = time.perf_counter()
+    if only == "plug":
+        await plug_unplug(env, plan, res)
+        res.meta["loadavg_end"] = os.getloadavg()
+        res.meta["seconds"] = round(time.perf_counter() - t0, 1)
+        return res
+    with_events = availability(res)
     if with_events:
         try:
             await publisher_scenario(env, plan, res)

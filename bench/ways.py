@@ -40,6 +40,10 @@ class Run:
     server_cpu_ms: float | None = None
     """CPU time (user+system) the serving process (vnetd or the no-op responder) spent
     per operation during the run, where there is one."""
+    client_cpu_ms: float | None = None
+    """The load client's CPU time per operation (the load client check only)."""
+    broker_cpu_ms: float | None = None
+    """The broker's CPU time per operation (the load client check only)."""
 
     @property
     def ops_per_s(self) -> float:
@@ -66,6 +70,21 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_fine(pid: int) -> float:
+    """CPU time on the CPU of a process's live threads, to the nanosecond (schedstat):
+    for the long-lived single-purpose processes (no-op responders, the broker) whose
+    few milliseconds per run the clock ticks of /proc/<pid>/stat cannot resolve. A
+    thread that ended during the run is not counted (cpu_seconds counts it)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+    return total / 1e9
 
 
 def children_cpu() -> float:
@@ -132,14 +151,13 @@ async def vnetd_jobs(rpc: Rpc, host_id: str, scenario: str, names: list[str],
 
 
 async def noop_jobs(rpc: Rpc, host_id: str, scenario: str, names: list[str],
-                    concurrency: int) -> Run:
+                    concurrency: int, label: str = "no-op responder") -> Run:
     op = "tap.ensure" if scenario == "plug" else "tap.delete"
     reqs = [(op, {"name": name, "bridge": bridge_of(i)}) for i, name in enumerate(names)]
     seconds, lat, errors, first = await _jobs(rpc, host_id, reqs, concurrency, 60.0)
     if errors:
-        raise WayError(f"no-op responder: {errors} failed, first: {first}")
-    return Run(scenario, f"no-op responder x{concurrency}", len(names), seconds, concurrency,
-               lat)
+        raise WayError(f"{label}: {errors} failed, first: {first}")
+    return Run(scenario, f"{label} x{concurrency}", len(names), seconds, concurrency, lat)
 
 
 async def vnetd_batch(rpc: Rpc, host_id: str, scenario: str, names: list[str],
