@@ -31,11 +31,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "working tree, which other engineers may be editing")
     p.add_argument("--profile", type=Path, default=None, metavar="FILE",
                    help="record a py-spy profile of the daemon during plug/unplug")
-    p.add_argument("--only", choices=["events", "plug"], default=None,
+    p.add_argument("--only", choices=["events", "plug", "libvirt"], default=None,
                    help="run one scenario only (events: the rates 1,000 to 20,000/s "
                         "and as fast as possible; with --before, old and new side by side; "
                         "plug: plug/unplug with the no-op responders and the load client "
-                        "check)")
+                        "check; libvirt: the full run's 4 x 30 cycles, 5 x 2 with --quick)")
     p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
                    metavar="N[,N...]", help="the plug scenario's sizes (default: the mode's); "
                    "a size not in the mode gets 3 repetitions")

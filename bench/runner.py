@@ -12,11 +12,13 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import tarfile
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -522,46 +524,178 @@ async def plug_existing(env: Env, plan: Plan, res: Results) -> None:
             env.del_ns(ns)
 
 
+@dataclass
+class _LvSide:
+    """One way of the libvirt scenario: its own libvirtd, namespace and (vnetd) daemon."""
+
+    way: str
+    ns: str
+    lv: Any = None  # tests.support.libvirtd.PrivateLibvirtd
+    daemon: DaemonProcess | None = None
+    tree: str | None = None
+    """PYTHONPATH of an older vnetd (--before)."""
+    daemon_cpu: list[float] = field(default_factory=list)
+    libvirtd_cpu: list[float] = field(default_factory=list)
+    children_cpu: list[float] = field(default_factory=list)
+    threads: dict[int, float] = field(default_factory=dict)
+    """The daemon's CPU ms per cycle by thread id, summed over the repetitions."""
+    steps: dict[str, list[float]] = field(default_factory=dict)
+    """Milliseconds of each op of every timed cycle."""
+    by_name: dict[str, float] = field(default_factory=dict)
+    """The same by Python thread name (a pool's threads together), mean per rep."""
+
+
+LIBVIRT_SETTLE_S = 0.5
+"""Wait after a way's last cycle before its CPU is read: its watcher's reaction to the
+last lifecycle events is part of its cost."""
+LIBVIRT_COUNT_CYCLES = 3
+
+
+async def _lv_cycles(side: _LvSide, rpc: LeanRpc, nets: list[tuple[str, str]],
+                     steps: lv_bench.Steps | None = None) -> Run:
+    if side.daemon is None:
+        return await lv_bench.in_thread_direct(side.lv.uri, nets, steps)
+    return await lv_bench.vnetd_way(rpc, side.daemon.host_id, nets, side.way, steps)
+
+
 async def libvirt_scenario(env: Env, plan: Plan, res: Results) -> None:
-    """define+start+destroy+undefine of a network through vnetd vs libvirt-python, the
-    same private libvirtd; ways alternate per repetition. Server CPU: libvirtd's (and
-    vnetd's, for the vnetd way) per cycle."""
-    ns = env.new_ns()
+    """define+start+destroy+undefine of a network through vnetd (and, with --before, an
+    older vnetd) vs libvirt-python. Each way has a libvirtd of its own in a namespace of
+    its own (bench/libvirt.py says why); ways alternate per repetition. Server CPU per
+    cycle: libvirtd's, plus the daemon's for a vnetd way; calls per cycle counted from
+    each libvirtd's log in a pass of their own."""
+    sides = [_LvSide("vnetd", "")]
+    spy: subprocess.Popen[bytes] | None = None
+    before_dir = export_tree(plan.before_ref) if plan.before_ref else None
+    if before_dir is not None:
+        sides.append(_LvSide(f"vnetd before ({plan.before_ref})", "", tree=str(before_dir)))
+    sides.append(_LvSide("libvirt-python", ""))
     try:
-        lv = await asyncio.to_thread(lv_bench.start_libvirtd, env.workdir / "libvirtd-bench",
-                                     ns)
-    except BaseException:
-        env.del_ns(ns)
-        raise
-    try:
-        d = await _start_daemon(env, lv.netns, "libvirt",
-                                libvirt={"enabled": True, "uri": lv.uri})
-        try:
-            lv_pid = int((lv.root / "libvirtd.pid").read_text().strip())
-            async with LeanRpc(env.amqp_url) as rpc:
-                await lv_bench.vnetd_way(rpc, d.host_id, lv_bench.names_for("w", 2))  # warm
-                await lv_bench.in_thread_direct(lv.uri, lv_bench.names_for("x", 2))
-                for rep in range(plan.libvirt_reps):
-                    order = ["vnetd", "direct"] if rep % 2 == 0 else ["direct", "vnetd"]
-                    for way in order:
-                        nets = lv_bench.names_for("v" if way == "vnetd" else "d",
-                                                  plan.libvirt_n)
-                        cpu0 = ways.cpu_seconds(lv_pid) + ways.cpu_seconds(d.pid)
-                        d0 = ways.cpu_seconds(d.pid)
-                        r = (await lv_bench.vnetd_way(rpc, d.host_id, nets) if way == "vnetd"
-                             else await lv_bench.in_thread_direct(lv.uri, nets))
-                        spent = ways.cpu_seconds(lv_pid) + ways.cpu_seconds(d.pid) - cpu0
-                        if way == "direct":  # vnetd's watcher saw the bridges come and go
-                            spent -= ways.cpu_seconds(d.pid) - d0
-                        r.server_cpu_ms = spent * 1000 / plan.libvirt_n
-                        r.note = f"rep {rep + 1}"
-                        res.runs.append(r)
-                        log(f"libvirt {way} rep {rep + 1}: {r.ops_per_s:.1f} cycles/s")
-        finally:
-            await d.stop()
+        for i, side in enumerate(sides):
+            side.ns = env.new_ns()
+            side.lv = await asyncio.to_thread(lv_bench.start_libvirtd,
+                                              env.workdir / f"libvirtd-bench-{i}", side.ns)
+            if side.way.startswith("vnetd"):
+                side.daemon = await _start_daemon(
+                    env, side.ns, f"libvirt{i}",
+                    {"PYTHONPATH": side.tree} if side.tree else None,
+                    libvirt={"enabled": True, "uri": side.lv.uri})
+        async with LeanRpc(env.amqp_url) as rpc:
+            for k, side in enumerate(sides):  # warm up, then count the calls per cycle
+                await _lv_cycles(side, rpc, lv_bench.names_for(f"w{k}", 2))
+                await asyncio.sleep(LIBVIRT_SETTLE_S)
+                counter = lv_bench.RpcLog(side.lv)
+                sub = (LeanSubscriber(env.amqp_url, side.daemon.host_id)
+                       if side.daemon is not None else None)
+                if sub is not None:
+                    await sub.__aenter__()
+                try:
+                    await asyncio.to_thread(counter.on)
+                    await _lv_cycles(side, rpc, lv_bench.names_for(f"c{k}",
+                                                                   LIBVIRT_COUNT_CYCLES))
+                    await asyncio.sleep(LIBVIRT_SETTLE_S * 2)
+                    calls = await asyncio.to_thread(counter.off)
+                finally:
+                    if sub is not None:
+                        await sub.__aexit__(None, None, None)
+                if side.daemon is not None:  # the contract's own round trip, no libvirt
+                    floor = []
+                    for _ in range(30):
+                        t = time.perf_counter()
+                        await rpc.call(side.daemon.host_id, "host.health", {})
+                        floor.append((time.perf_counter() - t) * 1000)
+                    res.notes.append(f"host.health round trip, {side.way} (median of 30): "
+                                     f"{statistics.median(floor):.2f} ms")
+                if sub is not None:
+                    kinds = Counter(str(json.loads(body).get("type")) for _, body in sub.received)
+                    res.notes.append(f"events per cycle, {side.way}: "
+                                     f"{sum(kinds.values()) / LIBVIRT_COUNT_CYCLES:g} ("
+                                     + ", ".join(f"{t} {n / LIBVIRT_COUNT_CYCLES:g}"
+                                                 for t, n in kinds.most_common()) + ")")
+                    log(res.notes[-1])
+                total = sum(calls.values()) / LIBVIRT_COUNT_CYCLES
+                detail = ", ".join(f"{name} {n / LIBVIRT_COUNT_CYCLES:g}"
+                                   for name, n in calls.most_common())
+                res.notes.append(f"libvirt calls per cycle, {side.way}: {total:g} ({detail})")
+                log(f"libvirt calls per cycle, {side.way}: {total:g} ({detail})")
+            if plan.profile is not None and sides[0].daemon is not None:  # figures skewed
+                spy = subprocess.Popen(
+                    [str(REPO_ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid",
+                     str(sides[0].daemon.pid), "-f", "raw", "-r", "250", "--threads",
+                     "-o", f"{plan.profile}.libvirt"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for rep in range(plan.libvirt_reps):
+                order = sides[rep % len(sides):] + sides[:rep % len(sides)]
+                if rep % 2:
+                    order.reverse()
+                for side in order:
+                    k = sides.index(side)
+                    nets = lv_bench.names_for(f"{k}r{rep}", plan.libvirt_n)
+                    lv_pid = int((side.lv.root / "libvirtd.pid").read_text().strip())
+                    pid = side.daemon.pid if side.daemon is not None else None
+                    t0 = lv_bench.thread_cpu(pid) if pid else None
+                    l0 = ways.cpu_seconds(lv_pid)
+                    c0 = lv_bench.children_cpu(lv_pid)
+                    d0 = ways.cpu_seconds(pid) if pid else 0.0
+                    r = await _lv_cycles(side, rpc, nets, side.steps)
+                    await asyncio.sleep(LIBVIRT_SETTLE_S)
+                    lv_ms = (ways.cpu_seconds(lv_pid) - l0) * 1000 / plan.libvirt_n
+                    d_ms = ((ways.cpu_seconds(pid) - d0) * 1000 / plan.libvirt_n
+                            if pid else 0.0)
+                    if pid and t0 is not None:
+                        for tid, v in lv_bench.thread_cpu(pid).items():
+                            side.threads[tid] = (side.threads.get(tid, 0.0)
+                                                 + (v - t0.get(tid, 0.0)) * 1000
+                                                 / plan.libvirt_n)
+                    side.libvirtd_cpu.append(lv_ms)
+                    side.children_cpu.append((lv_bench.children_cpu(lv_pid) - c0) * 1000
+                                             / plan.libvirt_n)
+                    side.daemon_cpu.append(d_ms)
+                    r.server_cpu_ms = lv_ms + d_ms
+                    r.note = f"rep {rep + 1}"
+                    res.runs.append(r)
+                    log(f"libvirt {side.way} rep {rep + 1}: {r.ops_per_s:.2f} cycles/s, "
+                        f"CPU ms/cycle libvirtd {lv_ms:.1f} daemon {d_ms:.1f}")
+        for side in sides:
+            if side.daemon is not None and side.threads:
+                names = await asyncio.to_thread(lv_bench.thread_names, side.daemon.pid)
+                by_name: dict[str, float] = {}
+                for tid, ms in side.threads.items():
+                    name = names.get(tid, "other")
+                    by_name[name] = by_name.get(name, 0.0) + ms / len(side.daemon_cpu)
+                side.by_name = by_name
+            if side.steps:
+                res.notes.append(f"libvirt ms per op, {side.way} (median): " + ", ".join(
+                    f"{op.split('.')[1]} {statistics.median(v):.1f}"
+                    for op, v in side.steps.items()))
+            if side.daemon is not None:  # the daemon's own time per job, from its log
+                jobs = lv_bench.job_durations(side.daemon.log_text())
+                res.notes.append(f"libvirt job duration in the daemon, {side.way} (median ms, "
+                                 "reply confirmed included): " + ", ".join(
+                                     f"{op.split('.')[1]} {statistics.median(v):.1f}"
+                                     for op, v in jobs.items() if op in lv_bench.OPS))
+            if side.libvirtd_cpu:
+                res.notes.append(
+                    f"libvirt CPU ms per cycle, {side.way} (median of reps): libvirtd "
+                    f"{statistics.median(side.libvirtd_cpu):.1f} (its iptables runs, not "
+                    f"counted: {statistics.median(side.children_cpu):.1f}), daemon "
+                    f"{statistics.median(side.daemon_cpu):.1f}"
+                    + ("" if not side.by_name else "; daemon by thread (mean): " + ", ".join(
+                        f"{name} {ms:.1f}"
+                        for name, ms in sorted(side.by_name.items(), key=lambda kv: -kv[1]))))
     finally:
-        await asyncio.to_thread(lv.kill)
-        env.del_ns(ns)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            await asyncio.to_thread(spy.wait, 30)
+        for side in sides:
+            if side.daemon is not None:
+                await side.daemon.stop()
+            if side.lv is not None:
+                await asyncio.to_thread(side.lv.kill)
+            if side.ns:
+                env.del_ns(side.ns)
+        if before_dir is not None:
+            subprocess.run(["rm", "-rf", str(before_dir)], check=False)
 
 
 async def publisher_scenario(env: Env, plan: Plan, res: Results) -> None:
@@ -705,6 +839,9 @@ async def run_all(env: Env, plan: Plan, mode: str, only: str | None = None) -> R
     if only == "events":
         await publisher_scenario(env, plan, res)
         await events_scenario(env, plan, res)
+        return res
+    if only == "libvirt":
+        await libvirt_scenario(env, plan, res)
         return res
     t0 = time.perf_counter()
     if only == "plug":

@@ -64,6 +64,9 @@ class FakeVirt:
         self._n += 1
         return f"00000000-0000-4000-8000-{self._n:012d}"
 
+    def may_exist(self, name: str) -> bool:
+        return name in self.nets
+
     async def list_networks(self) -> list[NetworkState]:
         self._check()
         return list(self.nets.values())
@@ -76,9 +79,10 @@ class FakeVirt:
         self._check()
         return self._get(name).xml
 
-    async def define(self, xml: str) -> None:
+    async def define(self, name: str, xml: str,
+                     prev: NetworkState | None = None) -> NetworkState:
         self._check()
-        name = ET.fromstring(xml).findtext("name") or ""
+        assert name == ET.fromstring(xml).findtext("name")
         self.calls.append(("define", name))
         old = self.nets.get(name)
         uuid = self._uuid_of(xml)
@@ -92,21 +96,23 @@ class FakeVirt:
         self.nets[name] = NetworkState(name, uuid, old.active if old else False, True,
                                        old.autostart if old else False,
                                        ET.tostring(root, encoding="unicode"))
+        return self.nets[name]
 
-    async def create(self, xml: str) -> None:
+    async def create(self, name: str, xml: str) -> NetworkState:
         self._check()
-        name = ET.fromstring(xml).findtext("name") or ""
+        assert name == ET.fromstring(xml).findtext("name")
         self.calls.append(("create", name))
         self.nets[name] = NetworkState(name, self._uuid_of(xml), True, False, False, xml)
+        return self.nets[name]
 
-    async def start(self, name: str) -> None:
+    async def start(self, name: str, prev: NetworkState | None = None) -> None:
         self._check()
         self.calls.append(("start", name))
         if self.fail_start is not None:
             raise self.fail_start
         self.nets[name] = replace(self._get(name), active=True)
 
-    async def destroy(self, name: str) -> None:
+    async def destroy(self, name: str, prev: NetworkState | None = None) -> None:
         self._check()
         self.calls.append(("destroy", name))
         st = self._get(name)
@@ -115,7 +121,7 @@ class FakeVirt:
         else:
             del self.nets[name]
 
-    async def undefine(self, name: str) -> None:
+    async def undefine(self, name: str, prev: NetworkState | None = None) -> None:
         self._check()
         self.calls.append(("undefine", name))
         st = self._get(name)
@@ -240,7 +246,7 @@ async def test_different_definition_conflicts_unless_replace(run: Call, virt: Fa
 
 
 async def test_unowned_network_is_forbidden(run: Call, virt: FakeVirt) -> None:
-    await virt.define(FOREIGN)
+    await virt.define("default", FOREIGN)
     await virt.start("default")
     virt.calls.clear()
     for op in ("network.destroy", "network.undefine"):
@@ -263,7 +269,7 @@ async def test_unowned_network_is_forbidden(run: Call, virt: FakeVirt) -> None:
 
 async def test_adopt_unowned_allows(run: Call, virt: FakeVirt) -> None:
     virt.adopt_unowned = True
-    await virt.define(FOREIGN)
+    await virt.define("default", FOREIGN)
     await virt.start("default")
     assert (await run("network.destroy", name="default"))["destroyed"] is True
     assert (await run("network.undefine", name="default"))["undefined"] is True
@@ -438,6 +444,9 @@ class FakeConnection(FakeVirt):
 
     def shutdown(self) -> None:
         return None
+
+    async def event_state(self, name: str, event: str) -> NetworkState | None:
+        return await self.get_network(name)
 
 
 async def _until(cond: Callable[[], bool], timeout: float = 2.0) -> None:

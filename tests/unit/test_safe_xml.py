@@ -146,7 +146,7 @@ async def test_domain_definitions_are_refused_and_cleanup_keeps_everything(doc: 
 async def test_references_read_every_definition_through_the_protocol() -> None:
     nxt = BENIGN_DOMAIN.replace("tap0", "tap1").replace("br0", "br1")
     virt = FakeVirt(definitions=[DomainDefinitions("vm1", (BENIGN_DOMAIN, nxt))])
-    await virt.define(BENIGN_NET)
+    await virt.define("n1", BENIGN_NET)
     refs = await LibvirtReferences(lambda: virt).referenced_interfaces()
     assert refs == {"virbr9": "network n1", "tap0": "domain vm1", "br0": "domain vm1",
                     "tap1": "domain vm1", "br1": "domain vm1"}

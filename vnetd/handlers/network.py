@@ -10,6 +10,7 @@ to start them, or when libvirt itself reports the missing feature.
 
 from __future__ import annotations
 
+import functools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable
@@ -82,7 +83,15 @@ def _error(exc: VirtError, name: str, kind: str | None) -> VnetdError:
 
 
 def _parse(state: NetworkState) -> ET.Element:
-    return xml.parse_safe(state.xml, max_bytes=xml.LIBVIRT_XML_MAX_BYTES)
+    """The state's XML, parsed once (shared: read it, never change it). A job and the
+    events of its changes look at the same definition several times (owner, kind,
+    summary), and every network.list / host.snapshot row at the unchanged ones."""
+    return _parse_xml(state.xml)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_xml(text: str) -> ET.Element:
+    return xml.parse_safe(text, max_bytes=xml.LIBVIRT_XML_MAX_BYTES)
 
 
 def view(state: NetworkState) -> dict[str, Any]:
@@ -156,14 +165,41 @@ async def _state(virt: VirtBackend, name: str) -> NetworkState:
     return state
 
 
+async def _define_new(virt: VirtBackend, cmd: NetworkDefine, desired: ET.Element,
+                      ctx: Context) -> NetworkState | None:
+    """Define a network that is most likely new without looking it up first: without a
+    uuid in the XML libvirt refuses it when any network has that name, and nothing
+    changes. None: refused (or not runnable, when asked to start): the caller looks."""
+    if desired.find("uuid") is not None or virt.may_exist(cmd.name):
+        return None
+    if cmd.start:
+        try:
+            await _check_runnable(desired, ctx)
+        except VnetdError:
+            return None  # it may exist and run already: the careful path says
+    try:
+        text = xml.to_string(xml.with_marker(desired, ctx.version))
+        return await virt.define(cmd.name, text)
+    except VirtError:
+        return None
+
+
 async def define(cmd: NetworkDefine, ctx: Context) -> dict[str, Any]:
     virt = _virt(ctx)
     desired = _desired(cmd)
     kind = xml.kind_of(desired)
+    new = await _define_new(virt, cmd, desired, ctx)
+    if new is not None:
+        return await _define_rest(cmd, ctx, virt, new, desired, kind, created=True,
+                                  changed=True, restarted=False)
     digest = xml.digest(desired)
     existing = await _call(virt.get_network(cmd.name), cmd.name, kind)
     created = changed = restarted = False
+    # The state is read once; what vnetd changes after that is applied to it locally or
+    # comes back from the change (one libvirt round trip less per step on the hot path).
+    state: NetworkState
     if existing is not None:
+        state = existing
         marker = xml.marker_of(_parse(existing))
         same = marker is not None and marker.digest == digest
         if not same:
@@ -176,23 +212,29 @@ async def define(cmd: NetworkDefine, ctx: Context) -> dict[str, Any]:
             if existing.active and not same:
                 await _check_runnable(desired, ctx)
             xml.set_uuid(desired, existing.uuid)
-            await _call(virt.define(xml.to_string(xml.with_marker(desired, ctx.version))),
-                        cmd.name, kind)
+            text = xml.to_string(xml.with_marker(desired, ctx.version))
+            state = await _call(virt.define(cmd.name, text, existing), cmd.name, kind)
             changed = True
             if existing.active and not same:
                 # The new definition takes effect only on a restart of the network.
                 await _call(virt.destroy(cmd.name), cmd.name, kind)
                 await _call(virt.start(cmd.name), cmd.name, kind)
                 restarted = True
+                state = await _state(virt, cmd.name)
     else:
         if cmd.start:
             await _check_runnable(desired, ctx)
-        await _call(virt.define(xml.to_string(xml.with_marker(desired, ctx.version))),
-                    cmd.name, kind)
+        text = xml.to_string(xml.with_marker(desired, ctx.version))
+        state = await _call(virt.define(cmd.name, text), cmd.name, kind)
         created = changed = True
-    state = await _state(virt, cmd.name)
-    # The state is read once; what vnetd changes after that is applied to it locally
-    # (one libvirt round trip less per step on the hot path).
+    return await _define_rest(cmd, ctx, virt, state, desired, kind, created=created,
+                              changed=changed, restarted=restarted)
+
+
+async def _define_rest(cmd: NetworkDefine, ctx: Context, virt: VirtBackend, state: NetworkState,
+                       desired: ET.Element, kind: str, *, created: bool, changed: bool,
+                       restarted: bool) -> dict[str, Any]:
+    """define's autostart and start steps, on the state defining left."""
     if cmd.autostart is not None and state.autostart != cmd.autostart:
         await _call(virt.set_autostart(cmd.name, cmd.autostart), cmd.name, kind)
         state = replace(state, autostart=cmd.autostart)
@@ -200,7 +242,7 @@ async def define(cmd: NetworkDefine, ctx: Context) -> dict[str, Any]:
     if cmd.start and not state.active:
         if not created:
             await _check_runnable(desired, ctx)
-        await _call(virt.start(cmd.name), cmd.name, kind)
+        await _call(virt.start(cmd.name, state), cmd.name, kind)
         state = replace(state, active=True)
         changed = True
     return {**view(state), "created": created, "changed": changed, "restarted": restarted}
@@ -221,8 +263,8 @@ async def create(cmd: NetworkCreate, ctx: Context) -> dict[str, Any]:
     await _check_runnable(desired, ctx)
     expires = time.time() + cmd.ttl_seconds if cmd.ttl_seconds else None
     marked = xml.with_marker(desired, ctx.version, expires)
-    await _call(virt.create(xml.to_string(marked)), cmd.name, kind)
-    return {**view(await _state(virt, cmd.name)), "created": True, "changed": True}
+    state = await _call(virt.create(cmd.name, xml.to_string(marked)), cmd.name, kind)
+    return {**view(state), "created": True, "changed": True}
 
 
 async def start(cmd: NetworkStart, ctx: Context) -> dict[str, Any]:
@@ -233,7 +275,7 @@ async def start(cmd: NetworkStart, ctx: Context) -> dict[str, Any]:
         _require_owned(virt, state, "start")
         root = _parse(state)
         await _check_runnable(root, ctx)
-        await _call(virt.start(cmd.name), cmd.name, xml.kind_of(root))
+        await _call(virt.start(cmd.name, state), cmd.name, xml.kind_of(root))
         state = replace(state, active=True)
         changed = True
     return {**view(state), "changed": changed}
@@ -245,7 +287,7 @@ async def destroy(cmd: NetworkDestroy, ctx: Context) -> dict[str, Any]:
     if state is None or not state.active:
         return {"name": cmd.name, "destroyed": False, "exists": state is not None}
     _require_owned(virt, state, "destroy")
-    await _call(virt.destroy(cmd.name), cmd.name)
+    await _call(virt.destroy(cmd.name, state), cmd.name)
     return {"name": cmd.name, "destroyed": True, "exists": state.persistent}
 
 
@@ -255,7 +297,7 @@ async def undefine(cmd: NetworkUndefine, ctx: Context) -> dict[str, Any]:
     if state is None or not state.persistent:
         return {"name": cmd.name, "undefined": False, "active": bool(state and state.active)}
     _require_owned(virt, state, "undefine")
-    await _call(virt.undefine(cmd.name), cmd.name)
+    await _call(virt.undefine(cmd.name, state), cmd.name)
     # Like `virsh net-undefine`: an active network keeps running, now transient.
     return {"name": cmd.name, "undefined": True, "active": state.active}
 
@@ -270,7 +312,7 @@ async def autostart(cmd: NetworkAutostart, ctx: Context) -> dict[str, Any]:
             raise Conflict(f"network {cmd.name} is transient: it cannot autostart",
                            name=cmd.name)
         await _call(virt.set_autostart(cmd.name, cmd.enabled), cmd.name)
-        state = await _state(virt, cmd.name)
+        state = replace(state, autostart=cmd.enabled)
         changed = True
     return {**view(state), "changed": changed}
 

@@ -11,7 +11,10 @@ Domain events that concern networking (a guest's NIC on vnetd's networks, bridge
 or TAPs) come through the same connection: see watchers/libvirt_domains.py; their
 running domains are host.snapshot's `domains`.
 
-Callbacks only enqueue; one task turns the queue into events in order.
+Callbacks only enqueue; one task turns the queue into events in order. An event that
+one of vnetd's own changes caused is published with the state that change led to (the
+job read the network just before it; see LibvirtBackend.event_state): in a network's
+define + start + destroy + undefine the watcher calls libvirtd not once.
 """
 
 from __future__ import annotations
@@ -164,7 +167,8 @@ class LibvirtWatcher:
             name, event = item
             state: NetworkState | None = None
             with contextlib.suppress(VirtError):  # connection going away: resync catches up
-                state = await self.backend.get_network(name)
+                # vnetd's own change: the state it led to (no call to libvirtd); else read.
+                state = await self.backend.event_state(name, event)
             if state is None:
                 self.known.pop(name, None)
             else:
