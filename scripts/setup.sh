@@ -34,6 +34,7 @@ APT_TEST_PACKAGES=(
     qemu-system-x86 kmod xz-utils zstd   # real guests: QEMU (TCG); depmod/modprobe/unxz for scripts/guest-image.sh
     systemd-container               # test_systemd_nspawn.py: systemd-nspawn boots the units under a real systemd
     graphviz                        # `vnetctl show --format svg` (client side; its tests)
+    tcpdump                         # VXLAN fleet tests: what a guest's namespace receives (tests/support/fleet.py)
 )
 TEST=0
 if [[ ${1:-} == --test ]]; then

@@ -156,6 +156,19 @@ async def test_duplicate_message_id_returns_same_reply_without_redoing(
     assert third["result"]["created"] is True
 
 
+async def test_a_resent_read_only_job_reads_again(
+        rpc: RawRpc, daemon: DaemonProcess, netns: str) -> None:
+    # Read-only replies are not held for the dedupe window (a 10,000-link snapshot is
+    # megabytes): a resend with the same message_id answers with the state of now.
+    mid = str(uuid.uuid4())
+    first = await rpc.call(daemon.host_id, "link.list", {"owned_only": True}, message_id=mid)
+    assert "ro0" not in {link["name"] for link in first["result"]["links"]}
+    made = await rpc.call(daemon.host_id, "tap.ensure", {"name": "ro0"})
+    assert made["ok"] is True, made
+    second = await rpc.call(daemon.host_id, "link.list", {"owned_only": True}, message_id=mid)
+    assert "ro0" in {link["name"] for link in second["result"]["links"]}
+
+
 async def test_concurrent_duplicates_run_once(rpc: RawRpc, daemon: DaemonProcess) -> None:
     mid = str(uuid.uuid4())
     body = json.dumps({"op": "tap.ensure", "args": {"name": "dup1"}}).encode()

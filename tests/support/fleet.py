@@ -153,10 +153,14 @@ class Capture:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         assert self.proc.stderr is not None
+        said = []
         for line in self.proc.stderr:  # "listening on eth0, ..." once it captures
             if "listening on" in line:
-                break
-        return self
+                return self
+            said.append(line)
+        # tcpdump ended without capturing (not installed: scripts/setup.sh --test
+        # installs it): fail saying so, not later with an empty capture.
+        raise RuntimeError(f"{' '.join(self.cmd)} did not start: {''.join(said).strip()}")
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None

@@ -102,3 +102,15 @@ async def test_finish_without_start_still_records(clock: Clock) -> None:
     cache = ReplyCache(60, 10, clock=clock)
     cache.finish("m1", b"r")
     assert cache.get("m1") == b"r"
+
+
+async def test_a_reply_not_kept_still_answers_the_waiting_delivery(clock: Clock) -> None:
+    # A read-only op (a 10,000-link host.snapshot is megabytes): the delivery waiting
+    # for it gets its reply, nothing is held for the window, a later one runs again.
+    cache = ReplyCache(60, 10, clock=clock)
+    cache.start("m1")
+    running = cache.running("m1")
+    assert running is not None
+    cache.finish("m1", b"snapshot", keep=False)
+    assert await running == b"snapshot"
+    assert cache.get("m1") is None and len(cache) == 0

@@ -217,7 +217,8 @@ class JobConsumer:
                 # not by running the job a second time.
                 done = outcome or (finished[0] if finished else None)
                 final = done is not None and done.action is not Action.RETRY
-                self.cache.finish(message_id, done.reply if final and done else None)
+                self.cache.finish(message_id, done.reply if final and done else None,
+                                  keep=cmd is None or not cmd.op_spec.read_only)
         # A job sent to run again later is not finished: observers (metrics, the
         # command.* events) hear of it once, with its final outcome.
         self._observe(message, op, cmd, outcome, started, attempt=delivery.attempt,

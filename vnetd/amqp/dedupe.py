@@ -46,10 +46,14 @@ class ReplyCache:
             loop = self._loop = asyncio.get_running_loop()
         self._running[message_id] = loop.create_future()
 
-    def finish(self, message_id: str, reply: bytes | None) -> None:
-        """Record the reply (None: the job did not finish and must run again)."""
+    def finish(self, message_id: str, reply: bytes | None, *, keep: bool = True) -> None:
+        """Record the reply (None: the job did not finish and must run again).
+
+        `keep=False` (a read-only op): deliveries waiting for this one get its reply,
+        a later one reads again. Nothing is repeated by reading twice, and a reply
+        such as a 10,000-link host.snapshot (megabytes) is not held for the window."""
         future = self._running.pop(message_id, None)
-        if reply is not None and self.window > 0 and self.max_entries > 0:
+        if reply is not None and keep and self.window > 0 and self.max_entries > 0:
             self._done[message_id] = (self._clock(), reply)
             self._expire()
         if future is not None and not future.done():

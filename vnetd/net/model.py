@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 OWNER_PREFIX = "vnetd:"
 """Devices whose interface alias starts with this were created by vnetd.
@@ -74,7 +73,6 @@ class Link:
     process attaching or detaching. A changed count means "used since last seen"."""
     group: int = 0
     """Interface group (IFLA_GROUP); 0 is the kernel's default."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def owned(self) -> bool:

@@ -12,17 +12,15 @@ loss (no NETLINK_NO_ENOBUFS).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
 import struct
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from vnetd.net import rtnl
+from vnetd.net import bpf, rtnl
 from vnetd.net.linkcache import LinkDecoder
 from vnetd.net.model import Address, Link
 from vnetd.net.netns import NamespaceWorker
@@ -44,7 +42,6 @@ from vnetd.net.rtnl import (
 )
 
 SO_RCVBUFFORCE = 33
-SO_ATTACH_FILTER = 26
 GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 
 __all__ = ["Address", "AddressEvent", "Control", "LinkEvent", "Message", "MonitorSocket",
@@ -127,40 +124,6 @@ def decode(buf: rtnl.Buffer, size: int | None = None,
     return out
 
 
-def bridge_port_filter() -> bytes:
-    """A classic BPF program that drops AF_BRIDGE link messages in the kernel.
-
-    The link group also carries bridge *port* notices (ifi_family AF_BRIDGE), about as
-    many as the links' own messages while TAPs join bridges (7 of 15 per plugged
-    TAP). `decode` skips them; filtering them out before they are queued saves a
-    receive (a system call and a copy) each, and room in the socket's buffer. A
-    notification is one message per datagram, so the first message's header decides;
-    anything else is accepted. The message type is in host byte order, the family a
-    byte. tests/integration/test_monitor_filter.py checks it on the kernel.
-    """
-    lo, hi = (4, 5) if sys.byteorder == "little" else (5, 4)
-    ld_b, jeq, ret = 0x30, 0x15, 0x06  # BPF_LD|BPF_B|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
-    program = [
-        (ld_b, 0, 0, lo),                     # 0: A = low byte of nlmsg_type
-        (jeq, 1, 0, RTM_NEWLINK),             # 1: -> 3
-        (jeq, 0, 5, RTM_DELLINK),             # 2: -> 3, else accept
-        (ld_b, 0, 0, hi),                     # 3: A = its high byte
-        (jeq, 0, 3, 0),                       # 4: -> 5, else accept
-        (ld_b, 0, 0, NLMSGHDR.size),          # 5: A = ifi_family
-        (jeq, 0, 1, socket.AF_BRIDGE),        # 6: -> drop, else accept
-        (ret, 0, 0, 0),                       # 7: drop
-        (ret, 0, 0, 0xFFFFFFFF),              # 8: accept
-    ]
-    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
-
-
-def attach_filter(sock: socket.socket, program: bytes) -> None:
-    """SO_ATTACH_FILTER: the kernel copies the program during the call."""
-    buf = ctypes.create_string_buffer(program, len(program))
-    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
 _PEEK = struct.Struct("=IH")
 _INDEX = struct.Struct("=i")
 _LINK_TYPES = (RTM_NEWLINK, RTM_DELLINK)
@@ -218,7 +181,7 @@ def _open(rcvbuf: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
         except PermissionError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        attach_filter(sock, bridge_port_filter())
+        bpf.attach(sock, bpf.bridge_port_filter())  # bridge port notices: never read
         sock.bind((0, GROUPS))
         sock.setblocking(False)
     except BaseException:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from vnetd.net import rtnl
+from vnetd.net import bpf, rtnl
 from vnetd.net.model import CREATING_GROUP
 from vnetd.net.overlay import (
     NTF_EXT_LEARNED,
@@ -44,6 +44,8 @@ from vnetd.net.rtnl import (
     NLM_F_REQUEST,
     NLMSG_DONE,
     NLMSG_ERROR,
+    RTM_DELNEIGH,
+    RTM_NEWNEIGH,
     SOL_NETLINK,
     attr,
     attr_str,
@@ -56,7 +58,6 @@ from vnetd.net.rtnl import (
     nested,
 )
 
-RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 NLM_F_REPLACE, NLM_F_APPEND = 0x100, 0x800
 AF_BRIDGE = 7
 VXLAN_ID, VXLAN_LINK, VXLAN_LOCAL, VXLAN_TTL, VXLAN_TOS = 1, 3, 4, 5, 6
@@ -411,6 +412,7 @@ def open_neigh_monitor() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                          socket.NETLINK_ROUTE)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BYTES)
+    bpf.attach(sock, bpf.bridge_fdb_filter())  # the bridges' own FDB churn: never read
     sock.bind((0, 1 << (RTNLGRP_NEIGH - 1)))
     sock.setblocking(False)
     return sock

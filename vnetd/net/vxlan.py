@@ -90,12 +90,12 @@ class VxlanNetlink:
         return found
 
     async def fdb_entries(self, index: int) -> list[FdbEntry]:
-        answers = await self._dump(f"dump fdb of #{index}", w.RTM_GETNEIGH,
+        answers = await self._dump(f"dump fdb of #{index}", rtnl.RTM_GETNEIGH,
                                    w.fdb_dump_body(index))
         return w.fdb_rows(answers, index)
 
     async def neigh_entries(self, index: int) -> list[NeighEntry]:
-        answers = await self._dump(f"dump neighbours of #{index}", w.RTM_GETNEIGH,
+        answers = await self._dump(f"dump neighbours of #{index}", rtnl.RTM_GETNEIGH,
                                    w.neigh_dump_body(index))
         return w.neigh_rows(answers, index)
 

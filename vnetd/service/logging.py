@@ -73,7 +73,7 @@ def setup_logging(settings: LogSettings) -> str:
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),  # one write() a line
         cache_logger_on_first_use=True,
     )
     root = logging.getLogger()
