@@ -105,3 +105,31 @@ def test_a_bridges_own_fdb_is_dropped_and_vxlan_rows_kept(
     assert own, "no bridge FDB notice arrived: the test proves nothing"
     assert {m[0] for m in rows} == set(neigh), seen  # the VXLAN row's append and delete
     assert kept == [m for m in seen if m not in own]
+
+
+async def test_a_read_decodes_only_each_links_last_notification_on_the_kernel(
+        netns_factory: netns_mod.NetnsFactory) -> None:
+    # MonitorSocket.read leaves out a link notification that a later one of its read
+    # supersedes (net/monitor.py superseded): on the real kernel, each change is a
+    # datagram of its own, and the read gives every TAP's last MTU, in place of its first.
+    ns = netns_factory()
+    taps = ["t0", "t1", "t2"]
+    for name in taps:
+        netns_mod.run_in(ns, "ip", "tuntap", "add", name, "mode", "tap")
+    mon = monitor.MonitorSocket(ns, 1 << 22)
+    try:
+        await mon.open()
+        script = "".join(f"link set {name} mtu {mtu}\n" for mtu in (1400, 1300, 1200, 1100)
+                         for name in taps)
+        netns_mod.run_in(ns, "ip", "-batch", "-", input=script)
+        time.sleep(0.3)
+        got = mon.read(4096)
+    finally:
+        mon.close()
+    links = [m for m in got if isinstance(m, monitor.LinkEvent)]
+    assert mon.skipped >= 9  # 3 of each TAP's 4 changes (the kernel may add repeats)
+    assert [(m.link.name, m.link.mtu) for m in links][-3:] == [(n, 1100) for n in taps]
+    assert {m.link.mtu for m in links} == {1100}
+    # The first placeholders keep the TAPs' places: the order of their first changes.
+    first = [m.index for m in got if isinstance(m, monitor.Superseded)][:3]
+    assert first == [m.link.index for m in links[-3:]]

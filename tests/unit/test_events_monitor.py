@@ -111,3 +111,59 @@ def test_dump_request_layout() -> None:
     assert (length, mtype, seq) == (len(req), rtnl.RTM_GETLINK, 9)
     assert flags == rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP
     assert len(rtnl.dump_request(rtnl.RTM_GETADDR, 1)) == 16 + 8
+
+
+# ------------------------------------------------------------ superseded notifications
+def reader(grams: list[bytes]) -> monitor.MonitorSocket:
+    """A MonitorSocket reading `grams` from a datagram socket pair (each one datagram)."""
+    mon = monitor.MonitorSocket(None, 1 << 20)
+    mine_end, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for gram in grams:
+        other.send(gram)
+    other.close()
+    mine_end.setblocking(False)
+    mon._sock = mine_end
+    return mon
+
+
+def test_a_read_decodes_only_the_last_notification_of_each_link() -> None:
+    grams = [encode_link(7, "tap7", mtu=1000), encode_link(8, "tap8", mtu=1000),
+             encode_link(7, "tap7", mtu=1001), encode_link(7, "tap7", mtu=1002)]
+    assert monitor.superseded(grams) == {0, 2}
+    mon = reader(grams)
+    try:
+        got = mon.read(64)
+    finally:
+        mon.close()
+    assert [(m.link.index, m.link.mtu) for m in got if isinstance(m, monitor.LinkEvent)] == [
+        (8, 1000), (7, 1002)]
+    assert mon.skipped == 2
+
+
+def test_a_deletion_supersedes_but_is_always_decoded() -> None:
+    grams = [encode_link(7, "tap7", mtu=1000), encode_link(7, "tap7", mtype=17),
+             encode_link(7, "tap7", mtu=1500)]
+    assert monitor.superseded(grams) == {0}
+
+
+def test_nothing_of_a_link_with_an_address_in_the_read_is_skipped() -> None:
+    a = encode_addr(7, socket.AF_INET, "10.9.0.1", 24, local=True)
+    grams = [encode_link(7, "tap7", mtu=1000), a, encode_link(7, "tap7", mtu=1001),
+             encode_link(8, "tap8"), encode_link(8, "tap8", mtu=1400)]
+    assert monitor.superseded(grams) == {3}
+
+
+def test_nothing_is_skipped_in_a_read_with_a_dump_answer_or_a_bridge_notice() -> None:
+    links = [encode_link(7, "tap7", mtu=1000), encode_link(7, "tap7", mtu=1001)]
+    assert monitor.superseded(links) == {0}
+    dump_part = encode_link(9, "tap9") + encode_link(10, "tap10")
+    assert monitor.superseded([*links, dump_part]) == set()
+    done = struct.pack("=IHHIIi", 20, rtnl.NLMSG_DONE, 2, 5, 0, 0)
+    assert monitor.superseded([*links, done]) == set()
+    port = ifinfmsg()
+    port["header"]["type"] = 16
+    port["family"] = socket.AF_BRIDGE
+    port["index"] = 7
+    port["attrs"] = [("IFLA_IFNAME", "tap7")]
+    port.encode()
+    assert monitor.superseded([*links, bytes(port.data)]) == set()

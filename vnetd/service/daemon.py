@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,6 +220,11 @@ class Daemon:
                 self.started.append(component)
             await self._start_consumer(rt)
             owned = sum(1 for link in await net.list_links() if link.owned)
+            # What start-up built lives as long as the daemon: out of the collector's
+            # way, a full collection walks only what came after (was 90-170 ms every
+            # few seconds at 10,000-20,000 events/s, the watcher's socket unread meanwhile).
+            gc.collect()
+            gc.freeze()
             self.notifier.ready(f"ready: consuming jobs for {s.host_id}, {owned} owned devices")
             log.info("ready", host_id=s.host_id, netns=s.netlink.netns or None,
                      protected=list(ctx.policy.protected), version=__version__)

@@ -29,7 +29,8 @@ def event_components(rt: Runtime) -> list[Component]:
         return []
     bus = EventBus(s.host_id, s.events.buffer_size)
     publisher = EventPublisher(bus, rt.connection, s.events.exchange)
-    watcher = NetlinkWatcher(MonitorSocket(s.netlink.netns or None, s.netlink.rcvbuf_bytes), bus)
+    watcher = NetlinkWatcher(MonitorSocket(s.netlink.netns or None, s.netlink.rcvbuf_bytes), bus,
+                             backlog=lambda: bus.pending)
     publisher.on_reconnect.append(lambda: watcher.request_resync("broker_reconnect"))
 
     def health() -> dict[str, Any]:

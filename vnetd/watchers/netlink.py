@@ -40,6 +40,7 @@ from vnetd.net.monitor import (
     LinkEvent,
     Message,
     Overrun,
+    Superseded,
 )
 from vnetd.supervisor import TaskTree
 
@@ -51,13 +52,27 @@ SCOPES = {0: "global", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
 TRACKED = (("name", "name"), ("kind", "kind"), ("up", "state"), ("oper_state", "oper_state"),
            ("carrier", "carrier"), ("mtu", "mtu"), ("mac", "mac"), ("master", "master"),
            ("alias", "alias"), ("bridge", "bridge"), ("tun", "tap"))
-MAX_DATAGRAMS_PER_WAKEUP = 256
+MAX_DATAGRAMS_PER_WAKEUP = 2048
+"""Most datagrams in one read (one batch). It was 256: with a loop cycle of 10-50 ms
+on a loaded 2-core machine, one read per cycle took at most 256 of the 150-1,000
+notifications that arrived meanwhile at 15,000-20,000 changes/s, so the socket filled
+(ENOBUFS) while the daemon had CPU to spare. 2,048 TAP notifications are about 2.3 MB
+of payload (4.7 MB of the socket's 8 MB buffer); superseded ones are not decoded
+(net/monitor.py), so a big read costs about its number of distinct links."""
 READ_PAUSE = 0.001
+"""Seconds the socket rests after each read, so notifications arrive in batches."""
+BACKLOG_FREE = 256
+"""Events waiting in the bus that add no rest: what the publisher takes in one go."""
+BACKLOG_PAUSE_PER_EVENT = 1e-5
+"""Extra rest per event waiting in the bus beyond BACKLOG_FREE: while the broker is the
+limit, reads grow and merge more changes of each link into one event (no more events
+than the broker takes, instead of a backlog that grows)."""
+MAX_PAUSE = 0.05
+"""The longest rest: at 20,000 TAP changes/s about 2.3 MB of the socket's buffer."""
 START_TIMEOUT = 60.0
 """Seconds the first dump may take before the daemon gives up starting."""
 SNAPSHOT_TIMEOUT = 10.0
 """Seconds host.snapshot waits for the watcher's view before answering `unavailable`."""
-"""Seconds the socket rests after each read, so notifications arrive in batches."""
 
 
 class _Quiet:
@@ -109,9 +124,11 @@ class NetlinkWatcher:
     name = "watcher.netlink"
 
     def __init__(self, monitor: Monitor, sink: EventSink, *,
-                 loop_reader: bool = True) -> None:
+                 loop_reader: bool = True, backlog: Callable[[], int] | None = None) -> None:
         self.monitor = monitor
         self.sink = sink
+        self.backlog = backlog
+        """Events emitted and not yet taken by the publisher (the bus's `pending`)."""
         self.links: dict[int, Link] = {}
         self._owned: Counter[str] = Counter()
         """Owned links in `links` by kind, kept as the view changes (metrics read it)."""
@@ -207,14 +224,25 @@ class NetlinkWatcher:
         Then the socket rests for READ_PAUSE: what the kernel says meanwhile waits
         in its buffer and is read, and merged, in one go (see feed_batch). Under
         load this turns the several notifications of each job into one event at
-        the cost of at most READ_PAUSE of latency; a dump is never paused.
+        the cost of at most READ_PAUSE of latency; a dump is never paused. While
+        events wait for the publisher (the broker is slower than the kernel) the
+        rest grows with their number, up to MAX_PAUSE: those events are late
+        anyway, and the longer reads merge more.
         """
         self._read_once()
         fd = self._fd
         if self._loop_reader and fd is not None and self._dump_seq is None and READ_PAUSE:
             loop = asyncio.get_running_loop()
             loop.remove_reader(fd)
-            loop.call_later(READ_PAUSE, self._resume_reading, fd)
+            loop.call_later(self.pause(), self._resume_reading, fd)
+
+    def pause(self) -> float:
+        """How long the socket rests after a read: READ_PAUSE, longer while the bus
+        holds more than BACKLOG_FREE events for the publisher (at most MAX_PAUSE)."""
+        excess = self.backlog() - BACKLOG_FREE if self.backlog is not None else 0
+        if excess <= 0:
+            return READ_PAUSE
+        return min(MAX_PAUSE, READ_PAUSE + excess * BACKLOG_PAUSE_PER_EVENT)
 
     def _resume_reading(self, fd: int) -> None:
         if self._fd == fd:  # not closed or reopened meanwhile
@@ -261,6 +289,8 @@ class NetlinkWatcher:
         (`link.added` with the final state, one `link.changed` listing every field
         that changed). At low load a read holds one notification and nothing is
         merged; under load reads grow and the event stream shrinks with them.
+        A `Superseded` notification (not decoded: a later one of the read tells
+        the link's state) only keeps the link's place in the order of the events.
         """
         if self._dump_seq is not None or len(msgs) < 2:
             self.feed(msgs)
@@ -268,15 +298,20 @@ class NetlinkWatcher:
         before_links: dict[int, Link | None] = {}
         before_addrs: dict[AddrKey, Address | None] = {}
         names: dict[int, str] = {}
+        # The addresses of each link in the batch: one pass over the view's addresses
+        # (not one per link: a read holds up to MAX_DATAGRAMS_PER_WAKEUP links).
+        by_link: dict[int, list[AddrKey]] = {}
+        for key in self.addrs:
+            by_link.setdefault(key[0], []).append(key)
         for msg in msgs:
-            if isinstance(msg, LinkEvent):
-                idx = msg.link.index
+            if isinstance(msg, LinkEvent | Superseded):
+                idx = msg.link.index if isinstance(msg, LinkEvent) else msg.index
                 if idx not in before_links:
                     before_links[idx] = self.links.get(idx)
                     old = before_links[idx]
                     if old is not None:
                         names[idx] = old.name
-                    for key in [k for k in self.addrs if k[0] == idx]:
+                    for key in by_link.get(idx, ()):
                         before_addrs.setdefault(key, self.addrs[key])
             elif isinstance(msg, AddressEvent):
                 before_addrs.setdefault(msg.address.key, self.addrs.get(msg.address.key))
