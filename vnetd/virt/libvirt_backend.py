@@ -118,6 +118,7 @@ GONE = _Gone()
 one undefined)."""
 Outcome = NetworkState | _Gone | None
 """A network after a change: its state, GONE, or None: not known (read it)."""
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)
 
 
 @dataclass
@@ -229,12 +230,25 @@ class LibvirtBackend:
         if not fut.done():
             fut.set_result(None)
 
+    async def _own(self, name: str, event: str, work: Callable[[Any], OutcomeT]) -> OutcomeT:
+        """Run work(conn) in the pool as a change of network `name` that causes `event`:
+        expected before it is sent, withdrawn if it fails, settled with what work
+        returned (the state it led to) otherwise."""
+        fut = self._expect(name, event)
+        try:
+            result = await self._call(work)
+        except BaseException:
+            self._withdraw(name, fut)
+            raise
+        if not fut.done():
+            fut.set_result(result)
+        return result
+
     async def _change(self, name: str, event: str, fn: Callable[[Any], Any],
                       outcome: Callable[[Any, Any], Outcome]) -> None:
         """fn(handle) changes network `name` (causing `event`); outcome(conn, handle),
         called right after in the same pool thread, is the state it led to. Whatever
         outcome raises makes it None (not known), never fails the change."""
-        fut = self._expect(name, event)
         conn = self._conn
 
         def work(c: Any) -> Outcome:
@@ -244,15 +258,8 @@ class LibvirtBackend:
             except libvirt.libvirtError:
                 return None
 
-        try:
-            result = await self._call(work)
-        except BaseException:
-            self._withdraw(name, fut)
-            raise
-        if result is GONE:
+        if await self._own(name, event, work) is GONE:
             self._forget(conn, name)
-        if not fut.done():
-            fut.set_result(result)
 
     async def event_state(self, name: str, event: str) -> NetworkState | None:
         """The state to publish a lifecycle event of network `name` with (None: it no
@@ -439,7 +446,6 @@ class LibvirtBackend:
 
     async def define(self, name: str, xml: str,
                      prev: NetworkState | None = None) -> NetworkState:
-        fut = self._expect(name, "defined")
 
         def work(conn: Any) -> NetworkState:
             net = conn.networkDefineXML(xml)
@@ -456,17 +462,9 @@ class LibvirtBackend:
                                 autostart=prev.autostart if same and prev else False,
                                 xml=str(net.XMLDesc(0)))
 
-        try:
-            state = await self._call(work)
-        except BaseException:
-            self._withdraw(name, fut)
-            raise
-        if not fut.done():
-            fut.set_result(state)
-        return state
+        return await self._own(name, "defined", work)
 
     async def create(self, name: str, xml: str) -> NetworkState:
-        fut = self._expect(name, "started")
 
         def work(conn: Any) -> NetworkState:
             net = conn.networkCreateXML(xml)
@@ -474,14 +472,7 @@ class LibvirtBackend:
             return NetworkState(name=str(net.name()), uuid=str(net.UUIDString()), active=True,
                                 persistent=False, autostart=False, xml=str(net.XMLDesc(0)))
 
-        try:
-            state = await self._call(work)
-        except BaseException:
-            self._withdraw(name, fut)
-            raise
-        if not fut.done():
-            fut.set_result(state)
-        return state
+        return await self._own(name, "started", work)
 
     async def start(self, name: str, prev: NetworkState | None = None) -> None:
         # Starting changes no definition: the live one is the one read before (the same
