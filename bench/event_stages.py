@@ -95,7 +95,7 @@ def measure() -> dict[str, Any]:
     decoded = [decode(b) for b in changes]
     out["decode_us"] = (time.process_time() - t0) / CHANGES * 1e6
     sink = Sink()
-    watcher = NetlinkWatcher(Quiet(), sink, loop_reader=False)  # type: ignore[arg-type]
+    watcher = NetlinkWatcher(Quiet(), sink, loop_reader=False)
     for b in initial:
         watcher.feed(decode(b))
     msgs = [m for d in decoded for m in d]

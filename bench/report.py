@@ -149,7 +149,7 @@ def write_pair(out_dir: Path, name: str, result: Any, text: str) -> str:
 def write(res: Results, out_dir: Path) -> dict[str, Any]:
     med = medians(res)
     gl = goals(res, med)
-    data = {
+    data: dict[str, Any] = {
         "mode": res.mode, "meta": res.meta, "goals": gl, "unavailable": res.unavailable,
         "notes": res.notes,
         "medians": [{"scenario": k[0], "way": k[1], "n": k[2],
@@ -393,7 +393,7 @@ def plots(data: dict[str, Any], out_dir: Path) -> None:
         for i, c in enumerate(comps):
             if c["goal"] is not None:
                 ax.hlines(c["goal"], i - 0.45, i + 0.45, colors="#c62828", linewidth=2.2,
-                          label=None if goal_drawn else "goal")
+                          label="_nolegend_" if goal_drawn else "goal")
                 ax.annotate(f"goal {c['goal']:g}x", (i + 0.45, c["goal"]), fontsize=7,
                             color="#c62828", ha="right", va="bottom")
                 goal_drawn = True

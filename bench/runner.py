@@ -433,8 +433,8 @@ def _ways_for(plan: Plan, n: int, rpc: LeanRpc, vid: str, noops: list[Responder]
     prefixes = iter("pqrstuvwxyz")
     for c in plan.concurrency:
         out.append((f"vnetd x{c}", next(prefixes),
-                    lambda names, c=c: ways.vnetd_jobs(rpc, vid, "plug", names, c),
-                    (lambda names, c=c: ways.vnetd_jobs(rpc, vid, "unplug", names, c))
+                    partial(ways.vnetd_jobs, rpc, vid, "plug", concurrency=c),
+                    partial(ways.vnetd_jobs, rpc, vid, "unplug", concurrency=c)
                     if seq_ok or c > 1 else None))
     out.append(("vnetd batch", next(prefixes),
                 lambda names: ways.vnetd_batch(rpc, vid, "plug", names),
@@ -475,8 +475,8 @@ def _ways_for(plan: Plan, n: int, rpc: LeanRpc, vid: str, noops: list[Responder]
                                        "vnetd events off x64")))
     for r in noops:
         for c in plan.concurrency:
-            out.append((f"{r.label} x{c}", "z", lambda names, c=c, r=r: ways.noop_jobs(
-                rpc, r.host_id, "plug", names, c, r.label), None))
+            out.append((f"{r.label} x{c}", "z", partial(
+                ways.noop_jobs, rpc, r.host_id, "plug", concurrency=c, label=r.label), None))
     return out
 
 

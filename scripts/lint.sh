@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Static checks: ruff (vnetd + tests), mypy (strict, configured in pyproject: checks vnetd),
+# Static checks: ruff (vnetd, tests, bench), mypy (strict, configured in pyproject: checks vnetd and bench),
 # import-linter (layer contracts in pyproject). Runs all three, then prints a summary.
 # Exit 0 only when all pass.
 set -uo pipefail
@@ -20,7 +20,7 @@ run() {
     fi
 }
 
-run ruff "$BIN/ruff" check vnetd tests
+run ruff "$BIN/ruff" check vnetd tests bench
 run mypy "$BIN/mypy"
 run import-linter "$BIN/lint-imports" --no-cache
 
