@@ -63,9 +63,11 @@ async def test_scrape_during_a_run(start_daemon: StartDaemon, netns: str, amqp_u
                                    message_id=mid))["ok"]
 
     deadline = time.monotonic() + 15
-    while True:  # owned devices are refreshed a couple of seconds after jobs
+    while True:  # the owned-device gauges follow the watcher's view, a moment after jobs
         _, after = await asyncio.to_thread(_scrape, port)
-        if _value(after, "vnetd_owned_devices", kind="tap") == 5.0 or time.monotonic() > deadline:
+        owned = (_value(after, "vnetd_owned_devices", kind="tap"),
+                 _value(after, "vnetd_owned_devices", kind="bridge"))
+        if owned == (5.0, 1.0) or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
 
