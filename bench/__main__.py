@@ -53,7 +53,7 @@ def inner(args: argparse.Namespace) -> int:
               workdir=lab.dir, suffix=lab.suffix)
     plan = Plan.quick() if args.quick else Plan.full(args.before)
     if args.only == "events":
-        plan.event_rates = [1000.0, 5000.0, 10000.0, 15000.0, 20000.0, None]
+        plan.event_rates = [1000.0, 5000.0, 10000.0, 15000.0, 20000.0, 25000.0, None]
         plan.event_seconds = 3.0
     plan.profile = args.profile
     if args.sizes:

@@ -82,7 +82,7 @@ class Plan:
         return cls(sizes=[100, 1000, 5000], reps={100: 3, 1000: 3, 5000: 1},
                    concurrency=[1, 16, 64], scale_links=[0, 1000, 10000],
                    sequential_unplug_max=1000, before_ref=before_ref,
-                   event_rates=[1000.0, 5000.0, 10000.0, 15000.0, 20000.0, None],
+                   event_rates=[1000.0, 5000.0, 10000.0, 15000.0, 20000.0, 25000.0, None],
                    event_seconds=3.0, plug_existing=[0, 1000, 10000], plug_existing_n=1000,
                    plug_existing_reps=3,
                    libvirt_n=30, libvirt_reps=4)
