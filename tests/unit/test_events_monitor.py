@@ -167,3 +167,31 @@ def test_nothing_is_skipped_in_a_read_with_a_dump_answer_or_a_bridge_notice() ->
     port["attrs"] = [("IFLA_IFNAME", "tap7")]
     port.encode()
     assert monitor.superseded([*links, bytes(port.data)]) == set()
+
+
+def test_a_dump_in_a_read_is_decoded_from_the_buffer_in_order(monkeypatch) -> None:
+    """A read holding a dump's answers skips nothing, keeps the order, and decodes the
+    dump's datagrams from the receive buffer itself: held as copies until the read
+    ended, a resync's dump at 10,000 links (about 15 MB) stayed resident (RSS 108 ->
+    94.6 MB at 10,000 links once it was not)."""
+    grams = [encode_link(7, "tap7", mtu=1000), encode_link(7, "tap7", mtu=1001),
+             encode_link(9, "tap9") + encode_link(10, "tap10"),
+             encode_link(7, "tap7", mtu=1002), encode_link(7, "tap7", mtu=1003)]
+    mon = reader(grams)
+    seen: list[tuple[bool, int]] = []
+    real = monitor.decode
+
+    def spy(buf, size=None, links=None):  # type: ignore[no-untyped-def]
+        seen.append((buf is mon._buf, size))
+        return real(buf, size, links)
+
+    monkeypatch.setattr(monitor, "decode", spy)
+    try:
+        got = mon.read(64)
+    finally:
+        mon.close()
+    assert [(m.link.index, m.link.mtu) for m in got if isinstance(m, monitor.LinkEvent)] == [
+        (7, 1000), (7, 1001), (9, 1500), (10, 1500), (7, 1002), (7, 1003)]
+    assert mon.skipped == 0
+    # the two notifications before the dump were copies; from the dump on, the buffer
+    assert [from_buffer for from_buffer, _ in seen] == [False, False, True, True, True]
