@@ -89,16 +89,18 @@ async def test_scrape_during_a_run(start_daemon: StartDaemon, netns: str, amqp_u
 
 # ------------------------------------------------------------------ host size
 SCALE_LINKS = 10_000
-SCALE_ROUNDS = 5
+SCALE_ROUNDS = 7  # alternating; medians (one round swings by +-20 % on this shared VM)
 SCALE_JOBS = 200
 
 
 async def _round(rpc: RawRpc, d: DaemonProcess, prefix: str) -> tuple[float, float]:
     """SCALE_JOBS tap.ensure (with a bridge), 16 in flight: daemon CPU ms per job, p99 ms."""
     names = ways.tap_names(prefix, SCALE_JOBS)
-    cpu0 = ways.cpu_seconds(d.pid)
+    # To the nanosecond: /proc/<pid>/stat's clock ticks (10 ms) are 0.05 ms a job here,
+    # a 2.6 % step against a 10 % bound.
+    cpu0 = ways.cpu_seconds_fine(d.pid)
     run = await ways.vnetd_jobs(rpc, d.host_id, "plug", names, 16)
-    cpu = (ways.cpu_seconds(d.pid) - cpu0) * 1000 / SCALE_JOBS
+    cpu = (ways.cpu_seconds_fine(d.pid) - cpu0) * 1000 / SCALE_JOBS
     p99 = run.percentile(99)
     assert p99 is not None
     await ways.vnetd_jobs(rpc, d.host_id, "unplug", names, 16)
