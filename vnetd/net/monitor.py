@@ -125,7 +125,6 @@ def decode(buf: rtnl.Buffer, size: int | None = None,
 
 
 _PEEK = struct.Struct("=IH")
-_U32 = struct.Struct("=I")
 _INDEX = struct.Struct("=i")
 _LINK_TYPES = (RTM_NEWLINK, RTM_DELLINK)
 _ADDR_TYPES = (RTM_NEWADDR, RTM_DELADDR)
@@ -149,9 +148,9 @@ def superseded(grams: Sequence[rtnl.Buffer]) -> set[int]:
     for pos, gram in enumerate(grams):
         if len(gram) < 24:
             return set()
-        length, mtype = _PEEK.unpack_from(gram, 0)
-        if length != len(gram) and (length + 3) & ~3 != len(gram):
+        if not _one_message(gram, len(gram)):
             return set()  # several messages: a dump's answers
+        (_, mtype) = _PEEK.unpack_from(gram, 0)
         (index,) = _INDEX.unpack_from(gram, 20)
         if mtype in _LINK_TYPES:
             if gram[16] != socket.AF_UNSPEC:
@@ -175,7 +174,7 @@ def _one_message(buf: rtnl.Buffer, size: int) -> bool:
     to a datagram)."""
     if size < 16:
         return False
-    length: int = _U32.unpack_from(buf, 0)[0]
+    length: int = rtnl.U32.unpack_from(buf, 0)[0]
     return length == size or (length + 3) & ~3 == size
 
 
