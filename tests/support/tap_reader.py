@@ -1,7 +1,9 @@
 """Plays a guest on TAPs, for tests: run inside a namespace (`ip netns exec NS python -m
 tests.support.tap_reader TAP...`), it attaches to each TAP as QEMU does (TUNSETIFF, so
 carrier comes on), sends a router advertisement with a SLAAC prefix from a guest MAC
-on each, waits, and prints `ip -6 -j addr` of the TAPs as JSON while still attached."""
+on each, waits, and prints `ip -6 -j addr` of the TAPs as JSON while still attached.
+`... TAP... --show DEV...`: the addresses of DEV... too (the bridges of the TAPs, whose
+IPv6 sees what the guest sends), read at the same moment."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def router_advertisement(prefix: str = "2001:db8:1::") -> bytes:
     return bytes.fromhex("333300000001") + GUEST_MAC + b"\x86\xdd" + ip6 + icmp
 
 
-def main(names: list[str]) -> None:
+def main(names: list[str], show: list[str]) -> None:
     fds = []
     for name in names:
         fd = os.open("/dev/net/tun", os.O_RDWR)
@@ -58,7 +60,7 @@ def main(names: list[str]) -> None:
     time.sleep(1.5)  # a link-local address is added at once (tentative), SLAAC within ms
     out = {name: json.loads(subprocess.run(["ip", "-6", "-j", "addr", "show", "dev", name],
                                            capture_output=True, text=True, check=True).stdout)
-           for name in names}
+           for name in names + show}
     carrier = {name: Path(f"/sys/class/net/{name}/carrier").read_text().strip() for name in names}
     print(json.dumps({"addrs": out, "carrier": carrier}))
     for fd in fds:
@@ -66,4 +68,6 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    cut = args.index("--show") if "--show" in args else len(args)
+    main(args[:cut], args[cut + 1:])

@@ -3,9 +3,10 @@
 It keeps the kernel's rules that handlers depend on: names are unique
 (creating a taken name is a Conflict, like EEXIST/EBUSY), an unknown index is
 NotFound (ENODEV), a bridge cannot be a port of a bridge (ELOOP), new devices
-start down and marked as vnetd's (the backend marks them), and bridge timers
-are kept in centiseconds as the kernel keeps them. Every call is logged so tests
-can say "nothing changed".
+start down and marked as vnetd's (the backend marks them), bridge timers
+are kept in centiseconds as the kernel keeps them, and a link's IPv6 state goes
+away under an MTU of 1280 and comes back with the defaults (on) above it. Every
+call is logged so tests can say "nothing changed".
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vnetd.contract.errors import Conflict, InvalidArgument, NotFound, VnetdError
+from vnetd.contract.errors import Conflict, InvalidArgument, NotFound, Unsupported, VnetdError
 from vnetd.net.backend import NetBackend
 from vnetd.net.model import (
+    ADDR_GEN_MODE_EUI64,
+    ADDR_GEN_MODE_NONE,
     OWNER_ALIAS,
     BridgeOptions,
     BridgeSettings,
+    Ipv6State,
     Link,
     LinkChange,
     TapSpec,
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
 
 MUTATING = frozenset(
     {"add_bridge", "add_tap", "add_taps", "finish_creation", "set_tap_owner", "set_link",
-     "change_link", "delete_link", "disable_ipv6", "add_vxlan", "apply"}
+     "change_link", "delete_link", "disable_ipv6", "set_ipv6", "add_vxlan", "apply"}
 )
 Caller = Callable[..., Awaitable[dict[str, Any]]]
 """The `call` fixture: `await call("bridge.ensure", name="br0")` validates and dispatches."""
@@ -41,6 +45,10 @@ Caller = Callable[..., Awaitable[dict[str, Any]]]
 DEFAULT_BRIDGE = BridgeSettings(
     stp=False, forward_delay=15.0, ageing_time=300.0, vlan_filtering=False
 )
+IPV6_ON = Ipv6State(disabled=False, addr_gen_mode=ADDR_GEN_MODE_EUI64)
+"""The kernel's defaults for a new link (and a link's IPv6 state made anew)."""
+IPV6_OFF = Ipv6State(disabled=True, addr_gen_mode=ADDR_GEN_MODE_NONE)
+IPV6_MIN_MTU = 1280
 
 
 @dataclass
@@ -74,6 +82,10 @@ class FakeLink:
     bridge: BridgeSettings | None = None
     tun: TunSettings | None = None
     group: int = 0
+    ipv6: Ipv6State | None = IPV6_ON
+    """None: the kernel keeps no IPv6 state (MTU under 1280)."""
+    ipv6_when_up: Ipv6State | None = None
+    """The IPv6 state the link had when it was last brought up (tests of "before up")."""
 
     def freeze(self) -> Link:
         return Link(
@@ -133,6 +145,7 @@ class FakeNet:
         vnet_hdr: bool = False,
         owner_uid: int | None = None,
         group: int = 0,
+        ipv6: Ipv6State | None = IPV6_ON,
     ) -> int:
         """Put a device in place as if someone else (or vnetd, `owned`) had made it."""
         self._require_free(name)
@@ -158,6 +171,7 @@ class FakeNet:
             if kind == "tap"
             else None,
             group=group,
+            ipv6=ipv6 if mtu >= IPV6_MIN_MTU else None,
         )
         return index
 
@@ -245,9 +259,10 @@ class FakeNet:
         return [link.freeze() for link in sorted(self.links.values(), key=lambda x: x.index)]
 
     async def add_bridge(
-        self, name: str, mtu: int | None, mac: str | None, options: BridgeOptions
+        self, name: str, mtu: int | None, mac: str | None, options: BridgeOptions,
+        *, ipv6: bool = False
     ) -> None:
-        await self._io(Call("add_bridge", (name, mtu, mac, options)))
+        await self._io(Call("add_bridge", (name, mtu, mac, options, ipv6)))
         self._require_free(name)
         index = self._new_index()
         self.links[index] = FakeLink(
@@ -258,6 +273,7 @@ class FakeNet:
             mac=mac or self._mac(index),
             alias=OWNER_ALIAS,
             bridge=self._apply_bridge(DEFAULT_BRIDGE, options),
+            ipv6=None if (mtu or 1500) < IPV6_MIN_MTU else IPV6_ON if ipv6 else IPV6_OFF,
         )
 
     async def finish_creation(self, link: Link) -> None:
@@ -359,12 +375,18 @@ class FakeNet:
         if change.alias is not None:
             link.alias = change.alias
         if change.mtu is not None:
+            if change.mtu < IPV6_MIN_MTU:
+                link.ipv6 = None
+            elif link.ipv6 is None:
+                link.ipv6 = IPV6_ON  # made anew, with the defaults
             link.mtu = change.mtu
         if change.mac is not None:
             link.mac = change.mac
         if change.master is not None:
             link.master = master.index if master else None
         if change.up is not None:
+            if change.up and not link.up:
+                link.ipv6_when_up = link.ipv6
             link.up = change.up
         if change.group is not None:
             link.group = change.group
@@ -384,6 +406,18 @@ class FakeNet:
     async def disable_ipv6(self, name: str) -> None:
         await self._io(Call("disable_ipv6", (name,)))
         self.ipv6_disabled.add(name)
+
+    async def ipv6_states(self, names: Sequence[str]) -> list[Ipv6State | None]:
+        await self._io(Call("ipv6_states", tuple(names)))
+        found = [self._find(name) for name in names]
+        return [link.ipv6 if link else None for link in found]
+
+    async def set_ipv6(self, link: Link, enabled: bool) -> None:
+        await self._io(Call("set_ipv6", (link.name, enabled)))
+        fake = self._require_index(link.index)
+        if fake.ipv6 is None:
+            raise Unsupported(f"{link.name}: no IPv6 state (MTU {fake.mtu})", name=link.name)
+        fake.ipv6 = IPV6_ON if enabled else IPV6_OFF
 
     async def default_route_interfaces(self) -> set[str]:
         await self._io(Call("default_route_interfaces", ()))

@@ -30,7 +30,7 @@ WIRE: dict[str, set[str]] = {
     "batch": {"commands", "stop_on_error"},
     "bridge.delete": {"name"},
     "bridge.ensure": {"name", "mtu", "mac", "stp", "forward_delay", "ageing_time",
-                      "vlan_filtering", "up", "hold_seconds"},
+                      "vlan_filtering", "ipv6", "up", "hold_seconds"},
     "bridge.list": set(),
     "cleanup.run": {"dry_run"},
     "fdb.converge": {"name", "remotes", "fdb", "neighbours"},

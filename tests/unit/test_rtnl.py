@@ -238,3 +238,12 @@ def test_no_link_local_reads_back_in_pyroute2() -> None:
     assert msg.get_nested("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_ADDR_GEN_MODE") == 1
     plain = parse_request(rtnl.change_body(0, LinkChange(up=True), name="tap0"))
     assert plain.get("IFLA_AF_SPEC") is None
+
+
+def test_addr_gen_mode_body_reads_back_in_pyroute2() -> None:
+    # `ip link set X addrgenmode eui64|none`: the request alone, by index (bridge.ensure
+    # converging an existing bridge's IPv6).
+    for mode in (rtnl.IN6_ADDR_GEN_MODE_EUI64, rtnl.IN6_ADDR_GEN_MODE_NONE):
+        msg = parse_request(rtnl.addr_gen_mode_body(9, mode))
+        assert (msg["index"], msg["change"], msg.get("ifname")) == (9, 0, None)
+        assert msg.get_nested("IFLA_AF_SPEC", "AF_INET6", "IFLA_INET6_ADDR_GEN_MODE") == mode

@@ -46,6 +46,12 @@ class BridgeEnsure(Command):
         default=None, ge=1, le=1_000_000,
         description="seconds; 0 (which would turn off learning and flood) is refused")
     vlan_filtering: bool | None = None
+    ipv6: bool | None = Field(
+        default=None,
+        description="IPv6 on the bridge itself (OSSN-0069). A new bridge: unset or false, "
+                    "none ever (no link-local address, no SLAAC from a guest's router "
+                    "advertisement); true, the kernel's defaults. An existing bridge: "
+                    "unset leaves it as it is; true or false converges it")
     up: bool = True
     hold_seconds: float | None = Field(
         default=None, ge=0, le=7 * 86_400,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from vnetd.contract.commands import BridgeDelete, BridgeEnsure, BridgeList
 from vnetd.contract.errors import NotFound, Unsupported
-from vnetd.handlers import ovs
+from vnetd.handlers import bridge_ipv6, ovs
 from vnetd.handlers.context import Context
 from vnetd.handlers.overlay_mtu import check_overlay_mtu
 from vnetd.handlers.overlay_views import add_bridge_vxlans
@@ -42,30 +43,40 @@ def _bridge_changes(cmd: BridgeEnsure, link: Link) -> BridgeOptions:
 async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
     ctx.policy.check_protected(cmd.name, "create or change")
     link = await ctx.net.get_link(cmd.name)
-    created = False
+    created = ipv6_changed = False
     if link is not None and link.half_created and link.kind == "bridge":
+        bridge_ipv6.check(cmd, link)
         # vnetd's own creation that a kill cut short (net/model.py CREATING_GROUP):
-        # this (redelivered) job finishes it.
+        # this (redelivered) job finishes it, IPv6 included (the kill may have come
+        # before the backend turned it off), before the bridge comes up.
         await ctx.net.finish_creation(link)
         link = await _gone_is_not_found(ctx, cmd.name)
         created = True
+        ipv6_changed = await bridge_ipv6.converge(
+            ctx, link, cmd.ipv6 is True, await bridge_ipv6.state_of(ctx, link))
     elif link is None:
+        bridge_ipv6.check(cmd, None)
         # MTU is set after creation, not in RTM_NEWLINK: only a changed MTU counts as
         # "set by the user" for the kernel, which otherwise lowers it to the ports'.
         try:
             await ctx.net.add_bridge(cmd.name, None, cmd.mac, BridgeOptions(
                 stp=cmd.stp, forward_delay=cmd.forward_delay, ageing_time=cmd.ageing_time,
-                vlan_filtering=cmd.vlan_filtering))
+                vlan_filtering=cmd.vlan_filtering), ipv6=cmd.ipv6 is True)
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
-        # Created marked as vnetd's (the backend does it before anything else).
+        # Created marked as vnetd's, IPv6 as asked (the backend does it before anything else).
         link = await _gone_is_not_found(ctx, cmd.name)
         created = True
     else:
         require_kind(link, "bridge")
         ctx.policy.require_owned(link, "change")
+        bridge_ipv6.check(cmd, link)
         if cmd.mtu is not None and cmd.mtu != link.mtu:
             await check_overlay_mtu(ctx, link, cmd.mtu, f"bridge {cmd.name}")
+        # None leaves a live bridge's IPv6 as it is (an upgrade changes no bridge).
+        if cmd.ipv6 is not None and not bridge_ipv6.crosses_min_mtu(link, cmd.mtu):
+            ipv6_changed = await bridge_ipv6.converge(
+                ctx, link, cmd.ipv6, await bridge_ipv6.state_of(ctx, link))
     change = LinkChange(
         mtu=cmd.mtu if cmd.mtu is not None and cmd.mtu != link.mtu else None,
         mac=cmd.mac if cmd.mac is not None and cmd.mac != link.mac else None,
@@ -75,11 +86,33 @@ async def ensure(cmd: BridgeEnsure, ctx: Context) -> dict[str, Any]:
     changed = not change.is_empty()
     if changed:
         try:
-            await ctx.net.set_link(link.index, change)
+            ipv6_changed |= await _apply(ctx, cmd, link, change)
         except Unsupported as exc:
             raise _explain(exc, cmd) from exc
         link = await _gone_is_not_found(ctx, cmd.name)
-    return {**await view_of(ctx.net, link), "created": created, "changed": changed or created}
+    return {**await view_of(ctx.net, link),
+            "ipv6": bridge_ipv6.view(await bridge_ipv6.state_of(ctx, link)),
+            "created": created, "changed": changed or created or ipv6_changed}
+
+
+async def _apply(ctx: Context, cmd: BridgeEnsure, link: Link, change: LinkChange) -> bool:
+    """`change` in one request; True when IPv6 had to be converged on the way.
+
+    An MTU raised from under 1280 gives the bridge IPv6 state anew, with the
+    namespace's defaults (on): then the MTU goes first, IPv6 is set to `cmd.ipv6`
+    (off when not given: vnetd's default, since what was there before was no IPv6 at
+    all), and only then is the bridge brought up. A bridge that is up already may
+    show a link-local address in between (the kernel makes it with the new state)."""
+    if not bridge_ipv6.crosses_min_mtu(link, change.mtu):
+        await ctx.net.set_link(link.index, change)
+        return False
+    await ctx.net.set_link(link.index, dataclasses.replace(change, up=None))
+    link = await _gone_is_not_found(ctx, cmd.name)
+    ipv6_changed = await bridge_ipv6.converge(
+        ctx, link, cmd.ipv6 is True, await bridge_ipv6.state_of(ctx, link))
+    if change.up is not None:
+        await ctx.net.set_link(link.index, LinkChange(up=change.up))
+    return ipv6_changed
 
 
 async def delete(cmd: BridgeDelete, ctx: Context) -> dict[str, Any]:
@@ -98,9 +131,11 @@ async def list_(cmd: BridgeList, ctx: Context) -> dict[str, Any]:
     """Linux bridges (with their VXLAN ports), then Open vSwitch bridges (kind "ovs")."""
     links = await ctx.net.list_links()
     bridges = bridge_table(links)
+    states = await ctx.net.ipv6_states([b["name"] for b in bridges])  # one hop for all
+    for entry, state in zip(bridges, states, strict=True):
+        entry["ipv6"] = bridge_ipv6.view(state)
     await add_bridge_vxlans(ctx.net, bridges, links)
     return {"bridges": bridges + await ovs.bridge_entries(ctx)}
-
 
 
 def _explain(exc: Unsupported, cmd: BridgeEnsure) -> Unsupported:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from vnetd.contract.errors import VnetdError
-from vnetd.net.model import BridgeOptions, Link, LinkChange, TapSpec
+from vnetd.net.model import BridgeOptions, Ipv6State, Link, LinkChange, TapSpec
 from vnetd.net.overlay import OverlayBackend
 
 
@@ -29,10 +29,13 @@ class NetBackend(Protocol):
         for a caller that re-checks each link it acts on."""
 
     async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
-                         options: BridgeOptions) -> None:
+                         options: BridgeOptions, *, ipv6: bool = False) -> None:
         """Create a bridge (down), marked as vnetd's; Conflict if the name is taken.
 
-        A kill midway leaves at most a `half_created` bridge (see finish_creation)."""
+        Without `ipv6` the bridge never has an IPv6 address, not even for a moment:
+        address generation none and disable_ipv6 are both set before anything can
+        bring it up (`ipv6`: the kernel's defaults). A kill midway leaves at most a
+        `half_created` bridge (see finish_creation), with IPv6 possibly still on."""
 
     async def finish_creation(self, link: Link) -> None:
         """Finish a creation a kill cut short (`link.half_created`): mark, leave the group."""
@@ -65,6 +68,14 @@ class NetBackend(Protocol):
 
     async def disable_ipv6(self, name: str) -> None:
         """Stop the kernel from giving the link an IPv6 (link-local) address."""
+
+    async def ipv6_states(self, names: Sequence[str]) -> list[Ipv6State | None]:
+        """The IPv6 state of each link (None: the kernel keeps none for it), in one go."""
+
+    async def set_ipv6(self, link: Link, enabled: bool) -> None:
+        """Set the link's IPv6 on (address generation eui64, disable_ipv6 0) or off
+        (address generation none, disable_ipv6 1). Unsupported when the kernel keeps
+        no IPv6 state for the link (MTU under 1280)."""
 
     async def default_route_interfaces(self) -> set[str]:
         """Names of the links that carry a default route (IPv4 or IPv6)."""

@@ -329,8 +329,10 @@ class FastLink:
     async def set_link(self, index: int, change: LinkChange) -> None:
         await self.request(RTM_NEWLINK, NLM_F_ACK, rtnl.change_body(index, change))
 
-    async def set_link_by_name(self, name: str, change: LinkChange) -> None:
-        await self.request(RTM_NEWLINK, NLM_F_ACK, rtnl.change_body(0, change, name=name))
+    async def set_link_by_name(self, name: str, change: LinkChange, *,
+                               no_ipv6_link_local: bool = False) -> None:
+        await self.request(RTM_NEWLINK, NLM_F_ACK, rtnl.change_body(
+            0, change, name=name, no_ipv6_link_local=no_ipv6_link_local))
 
     async def create(self, body: bytes) -> None:
         """RTM_NEWLINK with NLM_F_CREATE | NLM_F_EXCL: EEXIST when the name is taken."""

@@ -101,6 +101,42 @@ class Address:
         return (self.index, self.family, self.address, self.prefixlen)
 
 
+ADDR_GEN_MODE_EUI64 = 0
+"""IN6_ADDR_GEN_MODE_EUI64: a link-local address from the MAC (the kernel's default)."""
+ADDR_GEN_MODE_NONE = 1
+"""IN6_ADDR_GEN_MODE_NONE: the kernel generates no link-local address for the link."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ipv6State:
+    """A link's IPv6 as the kernel keeps it: its per-device `disable_ipv6` and
+    `addr_gen_mode` (net.ipv6.conf.<name>.*).
+
+    Both are needed to say "off": address generation none alone still lets a router
+    advertisement give the link a SLAAC address, and disable_ipv6 alone is undone by
+    anyone who writes 0 to it (then a link-local address appears at once)."""
+
+    disabled: bool
+    """disable_ipv6 = 1: the link has no IPv6 address at all, whatever it receives."""
+    addr_gen_mode: int
+    """0 eui64, 1 none, 2 stable-privacy, 3 random (ADDR_GEN_MODE_*)."""
+
+    @property
+    def enabled(self) -> bool:
+        """The link may get IPv6 addresses (a SLAAC one from a router advertisement)."""
+        return not self.disabled
+
+    @property
+    def off(self) -> bool:
+        """What `ipv6: false` converges to: disabled, and no link-local generation."""
+        return self.disabled and self.addr_gen_mode == ADDR_GEN_MODE_NONE
+
+    @property
+    def on(self) -> bool:
+        """What `ipv6: true` converges to: enabled, with link-local generation."""
+        return not self.disabled and self.addr_gen_mode != ADDR_GEN_MODE_NONE
+
+
 @dataclass(frozen=True, slots=True)
 class BridgeOptions:
     """Bridge attributes to set; None means leave as is (or kernel default)."""

@@ -39,9 +39,17 @@ from vnetd.contract.errors import (
     Unsupported,
     VnetdError,
 )
-from vnetd.net import fastlink, rtnl, tun
+from vnetd.net import fastlink, ipv6conf, rtnl, tun
 from vnetd.net.fastlink import DumpInterrupted, FastLink, NetlinkRequestError
-from vnetd.net.model import CREATING_GROUP, OWNER_ALIAS, BridgeOptions, Link, LinkChange, TapSpec
+from vnetd.net.model import (
+    CREATING_GROUP,
+    OWNER_ALIAS,
+    BridgeOptions,
+    Ipv6State,
+    Link,
+    LinkChange,
+    TapSpec,
+)
 from vnetd.net.netns import NamespaceWorker
 from vnetd.net.vxlan import VxlanNetlink
 
@@ -156,11 +164,19 @@ class NetlinkBackend:
         raise Unavailable("link dump kept being interrupted by concurrent changes")
 
     async def add_bridge(self, name: str, mtu: int | None, mac: str | None,
-                         options: BridgeOptions) -> None:
+                         options: BridgeOptions, *, ipv6: bool = False) -> None:
+        """IPv6 off (OSSN-0069, for bridges): the bridge is born down, the request that
+        marks it also sets address generation none (the kernel ignores IFLA_AF_SPEC in
+        a creating request), then disable_ipv6 is written, all before anything brings
+        it up. Mode none alone is not enough on a bridge: its IPv6 takes what the
+        guests on its ports send, and a router advertisement from one gives it a SLAAC
+        address (tests/integration/test_bridge_ipv6.py); only disable_ipv6 stops that."""
         await self._create_marked("bridge", name, rtnl.new_bridge_body(
-            name, mtu, mac, options, group=CREATING_GROUP))
+            name, mtu, mac, options, group=CREATING_GROUP),
+            no_ipv6=not ipv6 and (mtu is None or mtu >= rtnl.IPV6_MIN_MTU))
 
-    async def _create_marked(self, kind: str, name: str, body: bytes) -> None:
+    async def _create_marked(self, kind: str, name: str, body: bytes, *,
+                             no_ipv6: bool = False) -> None:
         """Create a device over netlink, then mark it ours; no unmarked device can
         outlive a crash unrecognised.
 
@@ -173,7 +189,9 @@ class NetlinkBackend:
         await self._call(f"create {kind} {name}", lambda: self._link.create(body))
         failpoints.hit("after_create", kind)
         await self._call(f"mark {kind} {name}", lambda: self._link.set_link_by_name(
-            name, LinkChange(alias=OWNER_ALIAS)))
+            name, LinkChange(alias=OWNER_ALIAS), no_ipv6_link_local=no_ipv6))
+        if no_ipv6:
+            await self.disable_ipv6(name)
         failpoints.hit("after_mark", kind)
         await self._call(f"finish {kind} {name}", lambda: self._link.set_link_by_name(
             name, LinkChange(group=0)))
@@ -415,6 +433,26 @@ class NetlinkBackend:
 
     async def disable_ipv6(self, name: str) -> None:
         await self._worker_call(f"disable IPv6 on {name}", tun.disable_ipv6, name)
+
+    async def ipv6_states(self, names: Sequence[str]) -> list[Ipv6State | None]:
+        return await self._worker_call("read IPv6 sysctls", ipv6conf.read_states, list(names))
+
+    async def set_ipv6(self, link: Link, enabled: bool) -> None:
+        """Off: disable_ipv6 first (it removes the addresses there are), then mode none.
+        On: mode eui64 first, so that the link-local address the kernel makes when
+        disable_ipv6 goes to 0 on a running link is generated at all."""
+        if link.mtu < rtnl.IPV6_MIN_MTU:
+            raise Unsupported(f"{link.name}: no IPv6 on a link with an MTU under "
+                              f"{rtnl.IPV6_MIN_MTU} (the kernel keeps no IPv6 state for it)",
+                              name=link.name, mtu=link.mtu)
+        what = f"{'enable' if enabled else 'disable'} IPv6 on {link.name}"
+        mode = rtnl.IN6_ADDR_GEN_MODE_EUI64 if enabled else rtnl.IN6_ADDR_GEN_MODE_NONE
+        if not enabled:
+            await self._worker_call(what, ipv6conf.write_disabled, link.name, True)
+        await self._call(what, lambda: self._link.request(
+            rtnl.RTM_NEWLINK, rtnl.NLM_F_ACK, rtnl.addr_gen_mode_body(link.index, mode)))
+        if enabled:
+            await self._worker_call(what, ipv6conf.write_disabled, link.name, False)
 
     async def default_route_interfaces(self) -> set[str]:
         indexes: set[int] = set()

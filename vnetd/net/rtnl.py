@@ -17,7 +17,16 @@ from __future__ import annotations
 import socket
 import struct
 
-from vnetd.net.model import Address, BridgeOptions, BridgeSettings, Link, LinkChange, TunSettings
+from vnetd.net.model import (
+    ADDR_GEN_MODE_EUI64,
+    ADDR_GEN_MODE_NONE,
+    Address,
+    BridgeOptions,
+    BridgeSettings,
+    Link,
+    LinkChange,
+    TunSettings,
+)
 
 # ------------------------------------------------------------ constants
 # linux/netlink.h
@@ -67,7 +76,8 @@ IFLA_CARRIER = 33
 IFLA_CARRIER_CHANGES = 35
 IFLA_AF_SPEC = 26
 IFLA_INET6_ADDR_GEN_MODE = 8
-IN6_ADDR_GEN_MODE_NONE = 1
+IN6_ADDR_GEN_MODE_EUI64 = ADDR_GEN_MODE_EUI64
+IN6_ADDR_GEN_MODE_NONE = ADDR_GEN_MODE_NONE
 IPV6_MIN_MTU = 1280
 """Below it the kernel drops a device's IPv6 state (inet6_dev) altogether, and the
 AF_INET6 part of a request has nothing left to act on (EAFNOSUPPORT)."""
@@ -299,9 +309,20 @@ def no_link_local() -> bytes:
     no IPv6 link-local address for the link from now on (what iproute2's
     `ip link set X addrgenmode none` sends). It does not remove one that is already
     there, and it does not stop SLAAC from a router advertisement (see netlink.add_tap)."""
-    inner = attr(socket.AF_INET6 | NLA_F_NESTED, attr_u8(IFLA_INET6_ADDR_GEN_MODE,
-                                                         IN6_ADDR_GEN_MODE_NONE))
+    return addr_gen_mode(IN6_ADDR_GEN_MODE_NONE)
+
+
+def addr_gen_mode(mode: int) -> bytes:
+    """IFLA_AF_SPEC / AF_INET6 / IFLA_INET6_ADDR_GEN_MODE = `mode` (IN6_ADDR_GEN_MODE_*):
+    `ip link set X addrgenmode eui64|none|...`. EAFNOSUPPORT on a link the kernel keeps
+    no IPv6 state for (MTU under IPV6_MIN_MTU)."""
+    inner = attr(socket.AF_INET6 | NLA_F_NESTED, attr_u8(IFLA_INET6_ADDR_GEN_MODE, mode))
     return attr(IFLA_AF_SPEC | NLA_F_NESTED, inner)
+
+
+def addr_gen_mode_body(index: int, mode: int) -> bytes:
+    """RTM_NEWLINK (set) of one link's IPv6 address generation mode alone."""
+    return ifinfo(index) + addr_gen_mode(mode)
 
 
 def change_body(index: int, change: LinkChange, *, name: str | None = None,
