@@ -14,9 +14,8 @@ from vnetd.contract.commands import BridgeEnsure
 from vnetd.contract.errors import InvalidArgument, Unsupported
 from vnetd.handlers.context import Context
 from vnetd.net.model import Ipv6State, Link
+from vnetd.net.rtnl import IPV6_MIN_MTU
 
-IPV6_MIN_MTU = 1280
-"""Below it the kernel keeps no IPv6 state for a link at all (RFC 8200's minimum)."""
 DEFAULT_MTU = 1500
 """The MTU of a new bridge with no MTU asked for (and no ports yet)."""
 

@@ -12,6 +12,7 @@ import fcntl
 import os
 import struct
 
+from vnetd.net import ipv6conf
 from vnetd.net.model import TapSpec
 
 TUN_DEVICE = "/dev/net/tun"
@@ -89,8 +90,7 @@ def set_owner(spec: TapSpec) -> None:
 def disable_ipv6(name: str) -> None:
     """Write the per-device sysctl; a kernel without IPv6 has nothing to disable."""
     try:
-        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-            f.write("1")
+        ipv6conf.write_disabled(name, True)
     except FileNotFoundError:
         return
 
