@@ -230,7 +230,7 @@ class NetlinkBackend:
             failpoints.hit("after_create", "tap")
             link = await self._call(f"mark tap {spec.name}", lambda: self._link.change_link(
                 dataclasses.replace(change, alias=OWNER_ALIAS), name=spec.name,
-                no_ipv6_link_local=no_ll))
+                no_ipv6_link_local=no_ll, new=True))
             if not spec.ipv6 and not change.master:
                 await self.disable_ipv6(spec.name)  # no bridge: see above
             failpoints.hit("after_mark", "tap")
@@ -242,7 +242,8 @@ class NetlinkBackend:
     async def add_taps(self, items: Sequence[tuple[TapSpec, LinkChange]],
                        stop_on_error: bool) -> list[Link | VnetdError | None]:
         """`add_tap` for many TAPs, pipelined: the creations back to back, every
-        marking request with its read back in one write, then TUNSETPERSIST for each.
+        marking request between a GET that settles the new TAP (FastLink.change_link's
+        `new`) and its read back, all in one write, then TUNSETPERSIST for each.
 
         The same crash design as add_tap: each TAP is on a descriptor we hold until
         it is marked and persistent. With `stop_on_error`, nothing after the first
@@ -266,14 +267,16 @@ class NetlinkBackend:
             msgs = []
             for i in made:
                 spec, change = items[i]
+                get = rtnl.get_by_name_body(spec.name)
+                msgs.append((rtnl.RTM_GETLINK, 0, get))  # settles it: see FastLink.change_link
                 msgs.append((rtnl.RTM_NEWLINK, rtnl.NLM_F_ACK, rtnl.change_body(
                     0, dataclasses.replace(change, alias=OWNER_ALIAS), name=spec.name,
                     no_ipv6_link_local=_no_link_local(spec, change))))
-                msgs.append((rtnl.RTM_GETLINK, 0, rtnl.get_by_name_body(spec.name)))
+                msgs.append((rtnl.RTM_GETLINK, 0, get))
             answers = await self._link.exchange(msgs) if msgs else []
             marked = []
             for k, i in enumerate(made):
-                done, got = answers[2 * k], answers[2 * k + 1]
+                done, got = answers[3 * k + 1], answers[3 * k + 2]
                 failed = next((a for a in (done, got) if isinstance(a, NetlinkRequestError)),
                               None)
                 if failed is not None:
