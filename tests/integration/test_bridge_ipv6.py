@@ -20,30 +20,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support import netns as ns
 from tests.support import wait
 from tests.support.daemon import DaemonProcess
-from tests.support.rpc import RawRpc
+from tests.support.rpc import RawRpc, ok
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 OFF = ["v6b-default", "v6b-false"]
 """Bridges with IPv6 off: made without `ipv6`, and with `ipv6: false`."""
 CONTROL = "v6b-ctl"
-
-
-async def ok(rpc: RawRpc, d: DaemonProcess, op: str, **args: Any) -> dict[str, Any]:
-    reply = await rpc.call(d.host_id, op, args)
-    assert reply["ok"] is True, reply
-    return reply["result"]
-
-
-def _inet6(addrs: list[dict[str, Any]]) -> list[str]:
-    return [a["local"] for e in addrs for a in e.get("addr_info", []) if a["family"] == "inet6"]
 
 
 def _sysctl(netns: str, name: str, key: str) -> str:
@@ -79,14 +68,14 @@ async def test_no_ipv6_address_ever_appears_on_a_bridge(rpc: RawRpc, daemon: Dae
     assert seen["carrier"] == dict.fromkeys(taps.values(), "1"), seen  # a guest was on each
     # The control: a link-local address once it had carrier, and a SLAAC one from the
     # guest's RA, which reached the bridge's own IPv6. What the watch sees when it is on.
-    control = _inet6(seen["addrs"][CONTROL])
+    control = ns.inet6(seen["addrs"][CONTROL])
     assert any(a.startswith("fe80:") for a in control), control
     assert any(a.startswith("2001:db8:1:") for a in control), control
     assert any(f" {CONTROL} " in line and "inet6" in line for line in lines), lines
     for bridge in OFF:
-        assert _inet6(seen["addrs"][bridge]) == [], (bridge, seen["addrs"][bridge])
+        assert ns.inet6(seen["addrs"][bridge]) == [], (bridge, seen["addrs"][bridge])
         assert not [line for line in lines if f" {bridge} " in line and "inet6" in line], lines
-        assert _inet6(ns.ip_json(netns, "-6", "addr", "show", "dev", bridge)) == []
+        assert ns.inet6(ns.ip_json(netns, "-6", "addr", "show", "dev", bridge)) == []
     # The mechanism, as the kernel reports it, and as vnetd's replies report it.
     assert {b: _addr_gen_mode(netns, b) for b in made} == {
         OFF[0]: "none", OFF[1]: "none", CONTROL: "eui64"}
@@ -108,14 +97,14 @@ async def test_ipv6_of_an_existing_bridge_converges(rpc: RawRpc, daemon: DaemonP
     ns.run_in(netns, "ip", "link", "set", "v6b-vpeer", "up")
 
     def link_local() -> list[str]:
-        found = _inet6(ns.ip_json(netns, "-6", "addr", "show", "dev", name))
+        found = ns.inet6(ns.ip_json(netns, "-6", "addr", "show", "dev", name))
         return [a for a in found if a.startswith("fe80:")]
 
     await wait.until(link_local, f"a link-local address on {name} (ipv6: true)", 10, 0.05)
 
     off = await ok(rpc, daemon, "bridge.ensure", name=name, ipv6=False)
     assert (off["ipv6"], off["created"], off["changed"]) == (False, False, True)
-    assert _inet6(ns.ip_json(netns, "-6", "addr", "show", "dev", name)) == []
+    assert ns.inet6(ns.ip_json(netns, "-6", "addr", "show", "dev", name)) == []
     assert (_sysctl(netns, name, "disable_ipv6"), _addr_gen_mode(netns, name)) == ("1", "none")
     again = await ok(rpc, daemon, "bridge.ensure", name=name, ipv6=False)
     assert (again["ipv6"], again["changed"]) == (False, False)

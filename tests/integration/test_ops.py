@@ -8,15 +8,9 @@ import pytest
 
 from tests.support import netns as ns
 from tests.support.daemon import DaemonProcess
-from tests.support.rpc import RawRpc
+from tests.support.rpc import RawRpc, ok
 
 pytestmark = pytest.mark.integration
-
-
-async def ok(rpc: RawRpc, d: DaemonProcess, op: str, **args: Any) -> dict[str, Any]:
-    reply = await rpc.call(d.host_id, op, args)
-    assert reply["ok"] is True, reply
-    return reply["result"]
 
 
 async def err(rpc: RawRpc, d: DaemonProcess, op: str, **args: Any) -> dict[str, Any]:

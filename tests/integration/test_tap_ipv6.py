@@ -15,26 +15,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support import netns as ns
 from tests.support.daemon import DaemonProcess
-from tests.support.rpc import RawRpc
+from tests.support.rpc import RawRpc, ok
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def ok(rpc: RawRpc, d: DaemonProcess, op: str, **args: Any) -> dict[str, Any]:
-    reply = await rpc.call(d.host_id, op, args)
-    assert reply["ok"] is True, reply
-    return reply["result"]
-
-
-def _inet6(addrs: list[dict[str, Any]]) -> list[str]:
-    return [a["local"] for e in addrs for a in e.get("addr_info", []) if a["family"] == "inet6"]
 
 
 async def test_no_ipv6_address_ever_appears_on_a_tap(rpc: RawRpc, daemon: DaemonProcess,
@@ -63,15 +52,15 @@ async def test_no_ipv6_address_ever_appears_on_a_tap(rpc: RawRpc, daemon: Daemon
     assert seen["carrier"] == dict.fromkeys(names, "1"), seen  # a guest was attached
     # The control got a link-local address, and a SLAAC one from the guest's RA: what
     # the watch sees when IPv6 is on.
-    control = _inet6(seen["addrs"]["v6ctl"])
+    control = ns.inet6(seen["addrs"]["v6ctl"])
     assert any(a.startswith("fe80:") for a in control), control
     assert any(a.startswith("2001:db8:1:") for a in control), control
     assert any(" v6ctl " in line and "inet6" in line for line in lines), lines
     for name in names[:3]:
-        assert _inet6(seen["addrs"][name]) == [], (name, seen["addrs"][name])
+        assert ns.inet6(seen["addrs"][name]) == [], (name, seen["addrs"][name])
         assert not [line for line in lines if f" {name} " in line and "inet6" in line], lines
         after = ns.ip_json(netns, "-6", "addr", "show", "dev", name)
-        assert _inet6(after) == [], after
+        assert ns.inet6(after) == [], after
     # The mechanism, as the kernel reports it: no address generation on every one; the
     # TAP without a bridge (where the host's IPv6 takes the guest's frames) also has
     # IPv6 off altogether.

@@ -18,23 +18,16 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support import netns as ns
 from tests.support.daemon import DaemonProcess
-from tests.support.rpc import RawRpc
+from tests.support.rpc import RawRpc, ok
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 ENABLED = ("state blocking", "state learning", "state forwarding", "state listening")
-
-
-async def ok(rpc: RawRpc, d: DaemonProcess, op: str, **args: Any) -> dict[str, Any]:
-    reply = await rpc.call(d.host_id, op, args)
-    assert reply["ok"] is True, reply
-    return reply["result"]
 
 
 def _enabled(lines: list[str], name: str) -> list[str]:

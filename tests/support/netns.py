@@ -124,6 +124,11 @@ def ip_json(ns: str, *args: str) -> Any:
     return json.loads(out) if out else []
 
 
+def inet6(addrs: list[dict[str, Any]]) -> list[str]:
+    """The IPv6 addresses in ``ip -j addr`` output."""
+    return [a["local"] for e in addrs for a in e.get("addr_info", []) if a["family"] == "inet6"]
+
+
 def link(ns: str, name: str) -> dict[str, Any] | None:
     """``ip -d link show NAME`` in ``ns`` as a dict, or None when there is no such link."""
     proc = _run(["ip", "-n", ns, "-j", "-d", "link", "show", "dev", name], check=False)

@@ -19,7 +19,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import (
@@ -312,3 +312,17 @@ class RawRpc:
 
 def encode(op: str, args: Mapping[str, Any] | None = None) -> bytes:
     return json.dumps({"op": op, "args": dict(args or {})}).encode()
+
+
+class _Host(Protocol):
+    @property
+    def host_id(self) -> str: ...
+
+
+async def ok(rpc: RawRpc, host: _Host, op: str, **args: Any) -> dict[str, Any]:
+    """Call `op` on `host` (a daemon: anything with a host_id) and return its result;
+    a reply that is not ok fails the test, showing the reply."""
+    reply = await rpc.call(host.host_id, op, args)
+    assert reply["ok"] is True, reply
+    result: dict[str, Any] = reply["result"]
+    return result
