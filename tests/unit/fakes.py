@@ -31,6 +31,7 @@ from vnetd.net.model import (
     TunSettings,
 )
 from vnetd.net.overlay import OverlayBackend
+from vnetd.net.rtnl import IPV6_MIN_MTU
 
 if TYPE_CHECKING:
     from tests.unit.fake_overlay import FakeOverlay
@@ -48,7 +49,6 @@ DEFAULT_BRIDGE = BridgeSettings(
 IPV6_ON = Ipv6State(disabled=False, addr_gen_mode=ADDR_GEN_MODE_EUI64)
 """The kernel's defaults for a new link (and a link's IPv6 state made anew)."""
 IPV6_OFF = Ipv6State(disabled=True, addr_gen_mode=ADDR_GEN_MODE_NONE)
-IPV6_MIN_MTU = 1280
 
 
 @dataclass

@@ -84,6 +84,32 @@ def blocking_request(sock: socket.socket, msg_type: int, flags: int, body: bytes
             pos += (length + 3) & ~3
 
 
+def change_messages(change: LinkChange, *, index: int = 0, name: str | None = None,
+                    no_ipv6_link_local: bool = False,
+                    new: bool = False) -> list[tuple[int, int, bytes]]:
+    """The requests of a change with its read back, for one write: the RTM_NEWLINK set
+    (the link by index, or by name with index 0), then a GET of the result; the last
+    two answers are the set's and the link's.
+
+    `new`: the link was created a moment ago; a GET goes first, and its answer is
+    dropped. rtnl_getlink runs the link's pending linkwatch event
+    (linkwatch_sync_dev), so a new TAP's operstate is "down" rather than the
+    "unknown" it is born with when the change brings it up. With "unknown" the
+    kernel takes it for a port that is up: br_add_if (or NETDEV_UP in the bridge)
+    enables its STP port at once, which queues an urgent linkwatch run; that run
+    walks every device with a pending link event on the machine under RTNL, and
+    the daemon's next requests spin on RTNL meanwhile. Measured with 11,000 TAPs
+    in another namespace: 1.57 -> 0.97 ms of daemon CPU per plug (and 0.91x with
+    none); `ip tuntap add` then `ip link set` in two requests does not hit it
+    (docs/benchmark.md)."""
+    get = rtnl.get_by_index_body(index) if index else rtnl.get_by_name_body(name or "")
+    return [*([(RTM_GETLINK, 0, get)] if new else []),
+            (RTM_NEWLINK, NLM_F_ACK, rtnl.change_body(
+                index, change, name=None if index else name,
+                no_ipv6_link_local=no_ipv6_link_local)),
+            (RTM_GETLINK, 0, get)]
+
+
 # ---------------------------------------------------------------- the socket
 @dataclass
 class _Pending:
@@ -312,24 +338,9 @@ class FastLink:
         kernel sends its RTM_NEWLINK to the listeners only, not back to the requester:
         checked on 6.18, an echoed set is answered by the ack alone.)
 
-        `new`: the link was created a moment ago; a GET goes first, in the same write,
-        and its answer is dropped. rtnl_getlink runs the link's pending linkwatch event
-        (linkwatch_sync_dev), so a new TAP's operstate is "down" rather than the
-        "unknown" it is born with when this change brings it up. With "unknown" the
-        kernel takes it for a port that is up: br_add_if (or NETDEV_UP in the bridge)
-        enables its STP port at once, which queues an urgent linkwatch run; that run
-        walks every device with a pending link event on the machine under RTNL, and
-        the daemon's next requests spin on RTNL meanwhile. Measured with 11,000 TAPs
-        in another namespace: 1.57 -> 0.97 ms of daemon CPU per plug (and 0.91x with
-        none); `ip tuntap add` then `ip link set` in two requests does not hit it
-        (docs/benchmark.md)."""
-        get = rtnl.get_by_index_body(index) if index else rtnl.get_by_name_body(name or "")
-        settle = [(RTM_GETLINK, 0, get)] if new else []
-        *_, done, got = await self.exchange([
-            *settle,
-            (RTM_NEWLINK, NLM_F_ACK, rtnl.change_body(index, change, name=None if index else name,
-                                                      no_ipv6_link_local=no_ipv6_link_local)),
-            (RTM_GETLINK, 0, get)])
+        `new`: the link was created a moment ago (see `change_messages`)."""
+        *_, done, got = await self.exchange(change_messages(
+            change, index=index, name=name, no_ipv6_link_local=no_ipv6_link_local, new=new))
         if isinstance(done, NetlinkRequestError):
             raise done
         if isinstance(got, NetlinkRequestError):

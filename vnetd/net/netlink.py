@@ -242,8 +242,8 @@ class NetlinkBackend:
     async def add_taps(self, items: Sequence[tuple[TapSpec, LinkChange]],
                        stop_on_error: bool) -> list[Link | VnetdError | None]:
         """`add_tap` for many TAPs, pipelined: the creations back to back, every
-        marking request between a GET that settles the new TAP (FastLink.change_link's
-        `new`) and its read back, all in one write, then TUNSETPERSIST for each.
+        marking request between a GET that settles the new TAP and its read back
+        (fastlink.change_messages, `new`), all in one write, then TUNSETPERSIST for each.
 
         The same crash design as add_tap: each TAP is on a descriptor we hold until
         it is marked and persistent. With `stop_on_error`, nothing after the first
@@ -264,19 +264,18 @@ class NetlinkBackend:
                     continue
                 made.append(i)
             failpoints.hit("after_create", "tap")
-            msgs = []
+            msgs: list[tuple[int, int, bytes]] = []
+            ends = []  # where each TAP's answers end: its set's and its read back are last
             for i in made:
                 spec, change = items[i]
-                get = rtnl.get_by_name_body(spec.name)
-                msgs.append((rtnl.RTM_GETLINK, 0, get))  # settles it: see FastLink.change_link
-                msgs.append((rtnl.RTM_NEWLINK, rtnl.NLM_F_ACK, rtnl.change_body(
-                    0, dataclasses.replace(change, alias=OWNER_ALIAS), name=spec.name,
-                    no_ipv6_link_local=_no_link_local(spec, change))))
-                msgs.append((rtnl.RTM_GETLINK, 0, get))
+                msgs += fastlink.change_messages(
+                    dataclasses.replace(change, alias=OWNER_ALIAS), name=spec.name,
+                    no_ipv6_link_local=_no_link_local(spec, change), new=True)
+                ends.append(len(msgs))
             answers = await self._link.exchange(msgs) if msgs else []
             marked = []
-            for k, i in enumerate(made):
-                done, got = answers[3 * k + 1], answers[3 * k + 2]
+            for end, i in zip(ends, made, strict=True):
+                done, got = answers[end - 2], answers[end - 1]
                 failed = next((a for a in (done, got) if isinstance(a, NetlinkRequestError)),
                               None)
                 if failed is not None:
